@@ -1,0 +1,219 @@
+"""Job configuration: YAML in `conf/`, validated at load so a typo fails before any stage runs.
+
+Every section forbids unknown keys; errors name the dotted path of the bad key.
+Single keys are overridden from the command line as `section.key=value`
+(the value is parsed as YAML, so `llm.max_new_tokens=16` gives an int).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key path and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConf(_Section):
+    name: str = "local"
+    output_dir: Path = Path("kar-output")
+    # Converted model checkpoints and other derived assets, reused across runs.
+    cache_dir: Path = Path(".cache/kar")
+    seed: int = 42
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class FileConf(_Section):
+    """One generic input file: where it is, how it is encoded, and which column is which."""
+
+    path: Path
+    format: Literal["csv", "parquet"] = "csv"
+    delimiter: str = ","
+    header: bool = True
+    # Our column name -> the file's column name.
+    columns: dict[str, str] = Field(default_factory=dict)
+
+
+class SampleConf(_Section):
+    """Deterministic down-sampling for laptop-size runs: the most-rated items, then random users."""
+
+    max_items: int | None = Field(default=None, gt=0)
+    max_users: int | None = Field(default=None, gt=0)
+
+
+class DataConf(_Section):
+    format: Literal["movielens-100k", "movielens-1m", "generic"] = "movielens-100k"
+    # Directory holding the raw MovieLens files (movielens-* formats).
+    path: Path | None = Path("data/ml-100k")
+    # Generic layout: one FileConf per table (users optional).
+    interactions: FileConf | None = None
+    items: FileConf | None = None
+    users: FileConf | None = None
+    sample: SampleConf = Field(default_factory=SampleConf)
+
+    @model_validator(mode="after")
+    def _inputs_present(self) -> DataConf:
+        if self.format == "generic" and (self.interactions is None or self.items is None):
+            raise ValueError(
+                "data.format 'generic' needs data.interactions and data.items "
+                "(each with path, format and columns)"
+            )
+        if self.format != "generic" and self.path is None:
+            raise ValueError(f"data.format '{self.format}' needs data.path (the dataset directory)")
+        return self
+
+
+class PrepareConf(_Section):
+    label_threshold: float = 3.0
+    max_prompt_history: int = Field(default=30, gt=0)
+    test_fraction: float = Field(default=0.1, gt=0, lt=1)
+    ctr_history_length: int = Field(default=10, gt=0)
+    include_demographics: bool = True
+
+
+class SparkConf(_Section):
+    master: str = "local[*]"
+    driver_memory: str = "4g"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class FactorsConf(_Section):
+    domain: str = "movies"
+    # A reviewed factor YAML (e.g. from `kar factors discover`); default is the bundled set.
+    file: Path | None = None
+
+
+class LLMConf(_Section):
+    engine: Literal["transformers", "vllm"] = "transformers"
+    # "bundled:smollm2-135m-instruct" or a local HF-format checkpoint directory.
+    model: str = "bundled:smollm2-135m-instruct"
+    max_new_tokens: int = Field(default=96, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int = 0
+    batch_size: int = Field(default=16, gt=0)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_model_len: int = Field(default=2048, gt=0)
+    tensor_parallel_size: int = Field(default=1, gt=0)
+
+
+class RayConf(_Section):
+    # None starts a local Ray; "auto" or ray://host:port joins a cluster.
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, gt=0)
+
+
+class PoolConf(_Section):
+    """A pool of Ray actors: how many and what each one reserves."""
+
+    num_actors: int = Field(default=1, gt=0)
+    cpus_per_actor: float = Field(default=1, gt=0)
+    gpus_per_actor: float = Field(default=0, ge=0)
+    torch_threads: int | None = Field(default=None, gt=0)
+
+
+class EncoderConf(_Section):
+    # "bundled:all-MiniLM-L6-v2" or any sentence-transformers model directory.
+    model: str = "bundled:all-MiniLM-L6-v2"
+    batch_size: int = Field(default=64, gt=0)
+    device: str = "cpu"
+    pool: PoolConf = Field(default_factory=PoolConf)
+
+
+class AdaptorConf(_Section):
+    kind: Literal["hybrid_moe"] = "hybrid_moe"
+    shared_experts: int = Field(default=2, ge=0)
+    dedicated_experts: int = Field(default=5, gt=0)
+    hidden: list[int] = Field(default_factory=lambda: [128])
+    out_dim: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class AdaptConf(_Section):
+    backbone: Literal["din"] = "din"
+    adaptor: AdaptorConf = Field(default_factory=AdaptorConf)
+    embedding_dim: int = Field(default=16, gt=0)
+    epochs: int = Field(default=5, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
+    device: str = "cpu"
+
+
+class Config(_Section):
+    run: RunConf = Field(default_factory=RunConf)
+    data: DataConf = Field(default_factory=DataConf)
+    prepare: PrepareConf = Field(default_factory=PrepareConf)
+    spark: SparkConf = Field(default_factory=SparkConf)
+    ray: RayConf = Field(default_factory=RayConf)
+    factors: FactorsConf = Field(default_factory=FactorsConf)
+    llm: LLMConf = Field(default_factory=LLMConf)
+    generate: PoolConf = Field(default_factory=PoolConf)
+    encoder: EncoderConf = Field(default_factory=EncoderConf)
+    adapt: AdaptConf = Field(default_factory=AdaptConf)
+
+    def table_path(self, name: str) -> Path:
+        """Where Delta table `name` lives for this run's output directory."""
+        return self.run.output_dir / "tables" / name
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key (check the spelling; see conf/local.yaml)")
+        else:
+            lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", yaml-parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load YAML (or defaults when `path` is None), apply `key=value` overrides, validate."""
+    tree: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file {path} does not exist") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must be a mapping of sections")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(source, e)) from None

