@@ -31,7 +31,9 @@ class FactorSet:
 
 
 def bundled_domains() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("factors").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in resources.files("factors").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def parse(data: object, source: str) -> FactorSet:
