@@ -1,0 +1,93 @@
+"""`kar`: one entry point for the weekly run, each stage, and factor discovery.
+
+    kar run --conf conf/local.yaml [section.key=value ...]
+    kar prepare|generate|encode|adapt --conf conf/local.yaml [section.key=value ...]
+    kar factors discover --domain podcasts [--out factors-podcasts.yaml]
+
+Input errors (config, data, factor files, schemas) exit with status 2 and a
+one-paragraph message naming the bad input, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from factors.sets import FactorSetError
+from jobs import logs
+from jobs.config import Config, ConfigError, load_config
+from jobs.readers import DataError
+from jobs.tables import SchemaError
+
+log = logging.getLogger("kar")
+
+STAGES = ("prepare", "generate", "encode", "adapt")
+INPUT_ERRORS = (ConfigError, DataError, FactorSetError, SchemaError, FileNotFoundError)
+
+
+def _add_conf_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", type=Path, default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="override one key")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kar", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_conf_args(sub.add_parser("run", help="run every stage (the weekly job)"))
+    for stage in STAGES:
+        _add_conf_args(sub.add_parser(stage, help=f"run the {stage} stage alone"))
+    factors = sub.add_parser("factors", help="scenario factor sets")
+    fsub = factors.add_subparsers(dest="factors_command", required=True)
+    disc = fsub.add_parser("discover", help="ask the configured LLM for a domain's factors")
+    disc.add_argument("--domain", required=True, help='e.g. "podcasts"')
+    disc.add_argument("--item-noun", default=None, help='singular item word, e.g. "podcast"')
+    disc.add_argument("--out", type=Path, default=None, help="YAML to write for review")
+    _add_conf_args(disc)
+    return parser
+
+
+def _stage(command: str, conf: Config) -> dict:
+    from dataclasses import asdict
+
+    from jobs import adapt, encode, generate, prepare
+    from jobs.run import new_run_id
+
+    module = {"prepare": prepare, "generate": generate, "encode": encode, "adapt": adapt}[command]
+    return asdict(module.run(conf, new_run_id()))
+
+
+def _dispatch(args: argparse.Namespace, conf: Config) -> None:
+    if args.command == "run":
+        from jobs.run import print_summary, run
+
+        print_summary(run(conf))
+    elif args.command in STAGES:
+        sys.stdout.write(json.dumps(_stage(args.command, conf), default=str) + "\n")
+    else:
+        from factors.discover import discover
+
+        out = args.out or Path(f"factors-{args.domain.replace(' ', '-')}.yaml")
+        path = discover(conf, args.domain, out, item_noun=args.item_noun)
+        sys.stdout.write(f"{path}\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        conf = load_config(args.conf, args.overrides)
+        logs.setup(conf.run.log_level)
+        _dispatch(args, conf)
+    except INPUT_ERRORS as e:
+        logs.setup()
+        log.error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

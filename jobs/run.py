@@ -1,0 +1,75 @@
+"""The weekly KAR run: prepare -> generate -> encode -> adapt, ending in one line of JSON.
+
+Each stage commits its own Delta table and skips work whose inputs have not
+changed, so a rerun with unchanged input generates nothing and publishes no
+new vectors version, and a rerun after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from jobs import adapt, encode, generate, prepare, tables
+from jobs.config import Config
+
+log = logging.getLogger(__name__)
+
+TABLE_NAMES = ("prompts", "knowledge", "embeddings", "vectors", "samples")
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time to the second plus a short random suffix."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def run(conf: Config) -> dict[str, Any]:
+    """Run all stages and return the summary that `kar run` prints."""
+    run_id = new_run_id()
+    log.info("run %s: outputs under %s", run_id, conf.run.output_dir)
+    started = time.monotonic()
+    prep = prepare.run(conf, run_id)
+    gen = generate.run(conf, run_id)
+    enc = encode.run(conf, run_id)
+    ad = adapt.run(conf, run_id)
+    summary = {
+        "run_id": run_id,
+        "prompts_generated": gen.prompts_generated,
+        "output_tokens": gen.output_tokens,
+        "embeddings_written": enc.encoded,
+        "vectors_published": not ad.skipped,
+        "tables": {
+            name: {"path": str(conf.table_path(name).resolve()), "version": tables.version(conf.table_path(name))}
+            for name in TABLE_NAMES
+        },
+        "auc_without": round(ad.auc_without, 4),
+        "auc_with": round(ad.auc_with, 4),
+        "logloss_without": round(ad.logloss_without, 4),
+        "logloss_with": round(ad.logloss_with, 4),
+        "stage_seconds": {
+            "prepare": round(prep.seconds, 1),
+            "generate": round(gen.seconds, 1),
+            "encode": round(enc.seconds, 1),
+            "adapt": round(ad.seconds, 1),
+            "total": round(time.monotonic() - started, 1),
+        },
+    }
+    log.info("run %s done in %.0f s", run_id, summary["stage_seconds"]["total"])
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The run's last line of output: machine-readable for schedulers and scripts."""
+    sys.stdout.write(json.dumps(summary) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    from jobs import cli
+
+    cli.main(["run", *sys.argv[1:]])

@@ -1,0 +1,124 @@
+"""The real pipeline end to end through the `kar` CLI: Spark local, Ray local, the bundled
+tiny LLM, the bundled encoder, Delta tables in a temp dir, on a slice of real ML-100K."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from jobs import schemas
+
+ROOT = Path(__file__).resolve().parents[1]
+KAR = str(Path(sys.executable).with_name("kar"))
+pytestmark = pytest.mark.e2e
+
+SLICE = [
+    "data.sample.max_items=12",
+    "data.sample.max_users=10",
+    "llm.max_new_tokens=16",
+    "llm.batch_size=8",
+    "adapt.epochs=2",
+]
+
+
+def kar_run(out: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [
+        KAR,
+        "run",
+        "--conf",
+        str(ROOT / "conf" / "local.yaml"),
+        f"run.output_dir={out}",
+        f"run.cache_dir={ROOT / '.cache' / 'kar'}",
+        f"data.path={data}",
+        *SLICE,
+        *extra,
+    ]
+    return subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+def summary_of(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, ml100k: Path) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("e2e") / "out"
+    return out, summary_of(kar_run(out, ml100k))
+
+
+def versions(out: Path) -> dict[str, int]:
+    return {p.name: DeltaTable(str(p)).version() for p in (out / "tables").iterdir()}
+
+
+def test_first_run_fills_every_table(first_run):
+    out, summary = first_run
+    assert set(summary["tables"]) == {"prompts", "knowledge", "embeddings", "vectors", "samples"}
+    for name, info in summary["tables"].items():
+        table = DeltaTable(info["path"])
+        assert table.version() == info["version"]
+        assert pa.schema(table.schema().to_arrow()).equals(schemas.TABLES[name]), name
+
+    knowledge = DeltaTable(summary["tables"]["knowledge"]["path"]).to_pyarrow_table().to_pylist()
+    kinds = {k: sum(r["kind"] == k for r in knowledge) for k in ("user", "item")}
+    assert kinds == {"user": 10, "item": 12}
+    assert summary["prompts_generated"] == 22
+    for row in knowledge:
+        assert row["text"].strip()
+        assert row["model_id"] == "bundled:smollm2-135m-instruct"
+        assert row["finish_reason"] in {"stop", "length"}
+        assert 0 < row["output_tokens"] <= 16 and row["input_tokens"] > 50
+        assert len(row["fingerprint"]) == 64 and row["factor_version"] and row["template_version"]
+        assert row["run_id"] == summary["run_id"]
+
+    embeddings = DeltaTable(summary["tables"]["embeddings"]["path"]).to_pyarrow_table()
+    assert embeddings.num_rows == 22
+    assert all(len(v) == 384 for v in embeddings.column("embedding").to_pylist())
+
+    vectors = DeltaTable(summary["tables"]["vectors"]["path"]).to_pyarrow_table().to_pylist()
+    assert len(vectors) == 22
+    assert {r["version_id"] for r in vectors} == {summary["run_id"]}
+    for row in vectors:
+        assert row["dim"] == 32 and len(row["vector"]) == 32
+        assert all(math.isfinite(x) for x in row["vector"])
+        assert row["llm_model"] and row["encoder_model"] and row["input_fingerprint"]
+    assert 0 < summary["auc_without"] < 1 and 0 < summary["auc_with"] < 1
+    assert set(summary["stage_seconds"]) >= {"prepare", "generate", "encode", "adapt", "total"}
+
+
+def test_rerun_with_unchanged_input_does_nothing(first_run, ml100k):
+    out, first = first_run
+    before = versions(out)
+    second = summary_of(kar_run(out, ml100k))
+    assert second["prompts_generated"] == 0
+    assert second["vectors_published"] is False
+    after = versions(out)
+    for name in ("knowledge", "embeddings", "vectors", "samples"):
+        assert after[name] == before[name], name
+    assert second["auc_with"] == first["auc_with"]
+
+
+def test_corrupted_interactions_fail_with_file_and_line(first_run, ml100k, tmp_path):
+    out, _ = first_run
+    bad = tmp_path / "ml-100k"
+    shutil.copytree(ml100k, bad)
+    inter = bad / "ml-100k.inter"
+    lines = inter.read_text().splitlines(keepends=True)
+    lines[41] = "196\t242\tthree\t881250949\n"  # line 42 of the file (1-based)
+    inter.write_text("".join(lines))
+    before = versions(out)
+
+    proc = kar_run(out, bad)
+
+    assert proc.returncode == 2
+    assert str(inter) in proc.stderr and "line 42" in proc.stderr and "rating" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert versions(out) == before
