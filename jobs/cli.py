@@ -30,7 +30,7 @@ INPUT_ERRORS = (ConfigError, DataError, FactorSetError, SchemaError, FileNotFoun
 
 
 def _add_conf_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--conf", type=Path, default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("--conf", type=Path, default=None, help="YAML config (default: built-ins)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="override one key")
 
 

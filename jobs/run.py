@@ -28,6 +28,11 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
+def _table_info(conf: Config, name: str) -> dict[str, Any]:
+    path = conf.table_path(name)
+    return {"path": str(path.resolve()), "version": tables.version(path)}
+
+
 def run(conf: Config) -> dict[str, Any]:
     """Run all stages and return the summary that `kar run` prints."""
     run_id = new_run_id()
@@ -43,10 +48,7 @@ def run(conf: Config) -> dict[str, Any]:
         "output_tokens": gen.output_tokens,
         "embeddings_written": enc.encoded,
         "vectors_published": not ad.skipped,
-        "tables": {
-            name: {"path": str(conf.table_path(name).resolve()), "version": tables.version(conf.table_path(name))}
-            for name in TABLE_NAMES
-        },
+        "tables": {name: _table_info(conf, name) for name in TABLE_NAMES},
         "auc_without": round(ad.auc_without, 4),
         "auc_with": round(ad.auc_with, 4),
         "logloss_without": round(ad.logloss_without, 4),
