@@ -73,9 +73,7 @@ def user_histories(inter: DataFrame, items: DataFrame, conf: Config) -> DataFram
     history = F.sort_array(F.collect_list(F.struct("timestamp", "item_id", "rating", "title")))
     length = F.size("history")
     cut = F.least(F.floor((length + 1) / 2), F.lit(conf.prepare.max_prompt_history))
-    return (
-        events.groupBy("user_id").agg(history.alias("history")).withColumn("n", cut.cast("int"))
-    )
+    return events.groupBy("user_id").agg(history.alias("history")).withColumn("n", cut.cast("int"))
 
 
 def split_users(hist: DataFrame, conf: Config) -> DataFrame:
@@ -157,11 +155,15 @@ def entity_prompts(hist: DataFrame, raw: readers.RawData, conf: Config, fs: Fact
 
 def samples_digest(samples: DataFrame) -> str:
     """Order-independent content hash, so unchanged samples are not rewritten as a new version."""
-    row = samples.select(F.xxhash64(*samples.columns).alias("h")).agg(
-        F.count("*").alias("n"),
-        F.bit_xor("h").alias("x"),
-        F.sum(F.pmod("h", F.lit(2_147_483_647))).alias("s"),
-    ).first()
+    row = (
+        samples.select(F.xxhash64(*samples.columns).alias("h"))
+        .agg(
+            F.count("*").alias("n"),
+            F.bit_xor("h").alias("x"),
+            F.sum(F.pmod("h", F.lit(2_147_483_647))).alias("s"),
+        )
+        .first()
+    )
     return f"{row['n']}:{row['x']}:{row['s']}"
 
 
