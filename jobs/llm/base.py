@@ -1,0 +1,45 @@
+"""The engine interface the generate stage and factor discovery share.
+
+Prompts are user-turn texts; the engine applies the model's chat template, so
+the same prompts table works for transformers on a laptop and vLLM on GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from jobs.config import LLMConf
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    # Prompt tokens after the chat template (no padding), and generated tokens incl. the stop token.
+    input_tokens: int
+    output_tokens: int
+    # "stop": the model ended its answer; "length": cut at llm.max_new_tokens.
+    finish_reason: FinishReason
+
+
+class Engine(Protocol):
+    def generate(self, prompts: list[str]) -> list[Generation]:
+        """One Generation per prompt, in the order given."""
+        ...
+
+
+def build_engine(conf: LLMConf, model_dir: Path, threads: int | None = None) -> Engine:
+    """The engine `conf.engine` names, loaded from a local checkpoint directory.
+
+    `threads` caps torch CPU threads for the transformers engine (one per actor CPU).
+    """
+    if conf.engine == "vllm":
+        from jobs.llm.vllm import VLLMEngine
+
+        return VLLMEngine(conf, model_dir)
+    from jobs.llm.hf import HFEngine
+
+    return HFEngine(conf, model_dir, threads)

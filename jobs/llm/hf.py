@@ -1,0 +1,96 @@
+"""transformers engine: batched greedy/sampled generation on CPU or one GPU.
+
+The default on machines without vLLM. Left padding keeps every prompt's last
+token at the end of the row, so one `generate` call serves a whole batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from jobs.config import LLMConf
+from jobs.llm.base import Generation
+
+log = logging.getLogger(__name__)
+
+
+class HFEngine:
+    def __init__(self, conf: LLMConf, model_dir: Path, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.conf = conf
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, conf.dtype)
+        ).to(self.device)
+        self.model.eval()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        eos_ids.add(self.tokenizer.eos_token_id)  # the chat turn end, e.g. <|im_end|>
+        self.eos_ids = sorted(eos_ids)
+        # Seeded once per engine: sampled answers repeat for the same batches in the same order.
+        torch.manual_seed(conf.seed)
+        log.info("transformers engine: %s on %s (%s)", model_dir, self.device, conf.dtype)
+
+    def _chat(self, prompts: list[str]) -> list[str]:
+        return [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+            )
+            for p in prompts
+        ]
+
+    def generate(self, prompts: list[str]) -> list[Generation]:
+        out: list[Generation] = []
+        step = self.conf.batch_size
+        for start in range(0, len(prompts), step):
+            out.extend(self._generate_batch(prompts[start : start + step]))
+        return out
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts: list[str]) -> list[Generation]:
+        enc = self.tokenizer(
+            self._chat(prompts), return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        input_lengths = enc["attention_mask"].sum(dim=1).tolist()
+        longest = max(input_lengths)
+        if longest + self.conf.max_new_tokens > self.conf.max_model_len:
+            raise ValueError(
+                f"a prompt has {longest} tokens; with llm.max_new_tokens="
+                f"{self.conf.max_new_tokens} that exceeds llm.max_model_len="
+                f"{self.conf.max_model_len}: raise llm.max_model_len (within the model's "
+                f"context) or shorten prompts (prepare.max_prompt_history)"
+            )
+        sampling = self.conf.temperature > 0
+        kwargs: dict[str, float] = {}
+        if sampling:
+            kwargs = {"temperature": self.conf.temperature, "top_p": self.conf.top_p}
+        generated = self.model.generate(
+            **enc,
+            max_new_tokens=self.conf.max_new_tokens,
+            do_sample=sampling,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **kwargs,
+        )[:, enc["input_ids"].shape[1] :].tolist()
+        results = []
+        for ids, n_in in zip(generated, input_lengths, strict=True):
+            stop = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+            # After a row stops, generate pads it to the batch's length: cut at the stop token.
+            kept = ids if stop is None else ids[: stop + 1]
+            results.append(
+                Generation(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    input_tokens=int(n_in),
+                    output_tokens=len(kept),
+                    finish_reason="length" if stop is None else "stop",
+                )
+            )
+        return results
