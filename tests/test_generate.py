@@ -1,0 +1,174 @@
+"""Generate stage on a real Delta prompts table, a real Ray actor pool and the real tiny LLM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from factors import prompts as templates
+from factors.sets import load
+from jobs import generate, tables
+from jobs.config import Config, ConfigError
+from jobs.schemas import KNOWLEDGE, PROMPTS
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERRIDES = [
+    "llm.max_new_tokens=12",
+    "llm.batch_size=2",
+    "generate.num_actors=1",
+    "generate.cpus_per_actor=2",
+    "generate.torch_threads=2",
+]
+MODEL = "bundled:smollm2-135m-instruct"
+KEYS = ["kind", "entity_id", "fingerprint"]
+PROVENANCE = ["prompt", "context", "model_id", "factor_version", "template_version"]
+
+
+def _prompt_rows(run_id: str = "prep-1") -> pa.Table:
+    """Six prompts as prepare writes them: three users and three items of different lengths."""
+    fs = load("movies")
+    rows = []
+    users = {
+        "1": [("Toy Story (1995)", 5.0)],
+        "2": [("Heat (1995)", 4.0), ("Casino (1995)", 3.0)],
+        "3": [("Babe (1995)", 2.0), ("Fargo (1996)", 5.0), ("Scream (1996)", 4.0)],
+    }
+    for uid, history in users.items():
+        context = templates.user_context(fs, history, {"age": "30", "gender": "F"})
+        rows.append(("user", uid, templates.user_prompt(fs, context), context))
+    for iid, title in {
+        "10": "Jumanji (1995)",
+        "11": "GoldenEye (1995)",
+        "12": "Fargo (1996)",
+    }.items():
+        context = templates.item_context(fs, title)
+        rows.append(("item", iid, templates.item_prompt(fs, context), context))
+    return pa.table(
+        {
+            "run_id": [run_id] * len(rows),
+            "kind": [r[0] for r in rows],
+            "entity_id": [r[1] for r in rows],
+            "prompt": [r[2] for r in rows],
+            "context": [r[3] for r in rows],
+            "fingerprint": [f"fp-{r[0]}-{r[1]}" for r in rows],
+            "model_id": [MODEL] * len(rows),
+            "factor_version": [fs.version] * len(rows),
+            "template_version": [templates.TEMPLATE_VERSION] * len(rows),
+            "created_at": pa.array(
+                [datetime.now(UTC)] * len(rows), PROMPTS.field("created_at").type
+            ),
+        }
+    )
+
+
+def _keys(table: pa.Table) -> list[tuple[str, str, str]]:
+    return list(zip(*(table.column(k).to_pylist() for k in KEYS), strict=True))
+
+
+@pytest.fixture
+def conf(make_config) -> Config:
+    return make_config(*OVERRIDES)
+
+
+def test_generate_writes_knowledge_with_provenance_then_reruns_as_noop(
+    conf: Config, ray_local: None
+) -> None:
+    prompts = _prompt_rows()
+    tables.overwrite(conf.table_path("prompts"), prompts, PROMPTS)
+
+    result = generate.run(conf, "run-a", commit_rows=4)
+
+    assert (result.prompts_total, result.prompts_generated) == (6, 6)
+    knowledge = tables.read(conf.table_path("knowledge"), KNOWLEDGE)
+    assert knowledge.num_rows == 6
+    assert sorted(_keys(knowledge)) == sorted(_keys(prompts))
+    by_key = {k: i for i, k in enumerate(_keys(prompts))}
+    for row in knowledge.to_pylist():
+        src = prompts.slice(by_key[(row["kind"], row["entity_id"], row["fingerprint"])], 1)
+        for col in PROVENANCE:
+            assert row[col] == src.column(col)[0].as_py(), col
+        assert row["text"].strip()
+        assert row["run_id"] == "run-a"
+        assert row["input_tokens"] > 50  # the instruction alone is longer than that
+        assert 1 <= row["output_tokens"] <= 12
+        assert row["finish_reason"] in {"stop", "length"}
+        assert row["generated_at"] is not None
+    assert result.input_tokens == sum(knowledge.column("input_tokens").to_pylist())
+    assert result.output_tokens == sum(knowledge.column("output_tokens").to_pylist())
+    # 6 answers, a commit once >= 4 are buffered: 2 commits (versions 0, 1), not 1 per batch.
+    assert result.knowledge_version == tables.version(conf.table_path("knowledge")) == 1
+    assert tables.commit_metadata(conf.table_path("knowledge"), "run_id") == "run-a"
+
+    # Nothing pending: no Ray, no write. Run in a fresh process to see that Ray never starts.
+    script = (
+        "import json, sys, ray; from jobs import generate; from jobs.config import load_config;"
+        "conf = load_config(sys.argv[1], json.loads(sys.argv[2]));"
+        "r = generate.run(conf, 'run-b');"
+        "print(json.dumps([r.prompts_generated, r.knowledge_version, ray.is_initialized()]))"
+    )
+    overrides = [f"run.output_dir={conf.run.output_dir}", f"run.cache_dir={conf.run.cache_dir}"]
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "conf" / "local.yaml"), json.dumps(overrides)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [0, 1, False]
+    assert tables.version(conf.table_path("knowledge")) == 1
+
+
+def test_generate_after_partial_run_does_only_missing_prompts(
+    conf: Config, ray_local: None
+) -> None:
+    prompts = _prompt_rows()
+    # prepare may repeat an entity; it must still be answered once.
+    prompts = pa.concat_tables([prompts, prompts.slice(5, 1)])
+    tables.overwrite(conf.table_path("prompts"), prompts, PROMPTS)
+    # A crashed earlier run committed the answers of the first three prompts.
+    done = prompts.slice(0, 3)
+    seeded = pa.table(
+        {
+            **{c: done.column(c) for c in KEYS + PROVENANCE},
+            "text": ["earlier answer"] * 3,
+            "input_tokens": pa.array([100] * 3, pa.int32()),
+            "output_tokens": pa.array([12] * 3, pa.int32()),
+            "finish_reason": ["length"] * 3,
+            "run_id": ["run-crashed"] * 3,
+            "generated_at": pa.array([datetime.now(UTC)] * 3, KNOWLEDGE.field("generated_at").type),
+        }
+    )
+    tables.insert_new(conf.table_path("knowledge"), seeded, KNOWLEDGE, keys=KEYS)
+
+    result = generate.run(conf, "run-resume")
+
+    assert (result.prompts_total, result.prompts_generated) == (7, 3)
+    knowledge = tables.read(conf.table_path("knowledge"), KNOWLEDGE)
+    counts = Counter(_keys(knowledge))
+    assert len(counts) == 6 and max(counts.values()) == 1
+    runs = dict(zip(_keys(knowledge), knowledge.column("run_id").to_pylist(), strict=True))
+    assert {k for k, r in runs.items() if r == "run-crashed"} == set(_keys(done))
+    assert {k for k, r in runs.items() if r == "run-resume"} == set(_keys(prompts.slice(3, 3)))
+    # One commit for the three new answers.
+    assert result.knowledge_version == 1
+
+
+def test_generate_refuses_prompts_prepared_for_another_model(make_config) -> None:
+    conf = make_config(*OVERRIDES)
+    tables.overwrite(conf.table_path("prompts"), _prompt_rows(), PROMPTS)
+    other = make_config(*OVERRIDES, f"llm.model={ROOT / '.cache' / 'kar' / 'models' / 'x'}")
+    with pytest.raises(ConfigError, match="run `kar prepare` with this config"):
+        generate.run(other, "run-x")
+    assert tables.version(conf.table_path("knowledge")) is None
+
+
+def test_generate_without_prompts_table_says_to_prepare(conf: Config) -> None:
+    with pytest.raises(FileNotFoundError, match="run `kar prepare`"):
+        generate.run(conf, "run-y")
