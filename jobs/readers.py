@@ -1,0 +1,621 @@
+"""Raw inputs -> three normalized Spark DataFrames, validated at the boundary.
+
+A bad row fails the run here, naming its file, exact 1-based line (row index for Parquet),
+column and value, instead of surfacing as a null deep inside prepare or the adaptor.
+
+Scaling: everything runs in Spark, nothing is collected. Text is read with `spark.read.text`;
+each line keeps its position (file, split start, row id within the split), and only the first
+bad line is turned into a line number, by counting the lines before it. The happy path costs
+one validation pass per file plus the duplicate-id and unknown-item checks.
+
+Formats (`data.format`):
+- movielens-100k: RecBole atomic files (`ml-100k.inter/.item/.user`, tab-separated, typed
+  header such as `user_id:token`), as fetched by `python -m jobs.datasets`.
+- movielens-1m: the raw ML-1M `ratings.dat`, `movies.dat`, `users.dat` (`::`-separated,
+  latin-1 encoded); age and occupation codes are decoded to words for the prompts.
+- generic: CSV (one record per line) or Parquet, with `columns` mapping our names to the
+  file's. CSV without a header names its columns `_c0`, `_c1`, ... (Spark's convention).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs.config import DataConf, FileConf
+
+log = logging.getLogger(__name__)
+
+POSITION = ("_file", "_block", "_pos")
+ML100K_FILES = {"interactions": "ml-100k.inter", "items": "ml-100k.item", "users": "ml-100k.user"}
+ML1M_FILES = {"interactions": "ratings.dat", "items": "movies.dat", "users": "users.dat"}
+ML1M_COLUMNS = {
+    "interactions": ["UserID", "MovieID", "Rating", "Timestamp"],
+    "items": ["MovieID", "Title", "Genres"],
+    "users": ["UserID", "Gender", "Age", "Occupation", "Zip-code"],
+}
+# ML-1M README: users.dat stores age groups and occupations as codes.
+ML1M_AGES = {
+    "1": "under-18",
+    "18": "18-24",
+    "25": "25-34",
+    "35": "35-44",
+    "45": "45-49",
+    "50": "50-55",
+    "56": "56+",
+}
+ML1M_OCCUPATIONS = dict(
+    enumerate(
+        [
+            "other",
+            "academic/educator",
+            "artist",
+            "clerical/admin",
+            "college/grad student",
+            "customer service",
+            "doctor/health care",
+            "executive/managerial",
+            "farmer",
+            "homemaker",
+            "K-12 student",
+            "lawyer",
+            "programmer",
+            "retired",
+            "sales/marketing",
+            "scientist",
+            "self-employed",
+            "technician/engineer",
+            "tradesman/craftsman",
+            "unemployed",
+            "writer",
+        ]
+    )
+)
+GENDERS = {"M": "male", "F": "female"}
+GENERIC_KEYS = {
+    "interactions": ("user_id", "item_id", "rating", "timestamp"),
+    "items": ("item_id", "title", "genres"),
+}
+
+
+@dataclass(frozen=True)
+class RawData:
+    """The three normalized inputs every later stage reads."""
+
+    interactions: DataFrame  # user_id string, item_id string, rating double, timestamp long
+    items: DataFrame  # item_id string, title string, genres array<string>
+    users: DataFrame | None  # user_id string, attributes map<string,string>
+
+
+class DataError(ValueError):
+    """An input file is unusable; the message names file, line (or row), column, value and fix."""
+
+
+class _Kind(Enum):
+    """What a cell must hold; decides its Spark type and which values are errors."""
+
+    ID = "id"  # non-empty string (trimmed)
+    TEXT = "text"  # non-empty string (trimmed)
+    NUMBER = "number"  # finite double
+    TIMESTAMP = "timestamp"  # epoch seconds (number) or a date-time string -> long
+    OPTIONAL = "optional"  # string, may be empty (-> null)
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One of our columns: the file column it comes from and what it must hold."""
+
+    column: str
+    kind: _Kind
+    # False: a column the file may lack (read as null); True: missing it is a DataError.
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """One input's cells by file column, each row keeping its position for error messages."""
+
+    path: str  # as configured, shown in messages
+    what: str  # interactions | items | users
+    columns: list[str]  # the file's column names
+    types: dict[str, T.DataType]  # Spark type per file column (all strings for text inputs)
+    # POSITION, _line (raw text; null for Parquet), _found (field count, -1 if unknown;
+    # null when the row is well-formed), then one column per file column named `_c<i>`.
+    rows: DataFrame
+    lines: DataFrame | None  # every raw line with its POSITION (text inputs), for line numbers
+    separator: str | None
+    hint: str  # how to fix a missing column
+
+    def cell(self, column: str) -> Column:
+        return F.col(f"_c{self.columns.index(column)}")
+
+
+def _display(file_uri: str) -> str:
+    parsed = urlparse(file_uri)
+    return unquote(parsed.path) if parsed.scheme in ("", "file") else file_uri
+
+
+def _where(raw: _Raw, file: str, block: int, pos: int) -> str:
+    """'<file>, line N' (exact, 1-based) for text; '<file>, row index N' for Parquet."""
+    shown = raw.path if Path(raw.path).is_file() else _display(file)
+    if raw.lines is None:
+        return f"{shown}, row index {pos} (0-based)"
+    before = (F.col("_block") < block) | ((F.col("_block") == block) & (F.col("_pos") <= pos))
+    line = raw.lines.where(F.col("_file") == file).select(F.count_if(before)).first()[0]
+    return f"{shown}, line {line}"
+
+
+def _exists(path: Path | str, what: str, fix: str) -> str:
+    text = str(path)
+    if "://" not in text and not Path(text).exists():
+        raise DataError(f"{what} file {text} does not exist. {fix}")
+    return text
+
+
+def _text_lines(spark: SparkSession, path: str, encoding: str) -> DataFrame:
+    """Every line of a text file (or directory of files) with its position."""
+    value = F.col("value")
+    if encoding.lower().replace("-", "") != "utf8":
+        # spark.read.text keeps the raw bytes; decode them as the file's real encoding.
+        value = F.decode(value.cast("binary"), encoding)
+    return spark.read.text(path).select(
+        F.col("_metadata.file_path").alias("_file"),
+        F.col("_metadata.file_block_start").alias("_block"),
+        F.monotonically_increasing_id().alias("_pos"),
+        value.alias("_line"),
+    )
+
+
+def _data_lines(lines: DataFrame, header: str | None) -> DataFrame:
+    """Lines holding records: blank lines and header lines (one per file) are skipped."""
+    keep = F.trim(F.col("_line")) != ""
+    if header is not None:
+        keep &= F.col("_line") != header
+    return lines.where(keep)
+
+
+def _first_line(spark: SparkSession, path: str, encoding: str, what: str) -> str:
+    row = _text_lines(spark, path, encoding).select("_line").first()
+    if row is None:
+        raise DataError(f"{what} file {path} is empty. Point the config at the right file.")
+    return row[0]
+
+
+def _split_text(
+    spark: SparkSession,
+    path: str,
+    what: str,
+    separator: str,
+    pattern: str,
+    encoding: str,
+    columns: list[str] | None,
+    hint: str,
+) -> _Raw:
+    """A separator-delimited text file without quoting (MovieLens); header when `columns` is None.
+
+    A header of RecBole's typed form (`user_id:token`) is read without the `:type` suffix.
+    """
+    lines = _text_lines(spark, path, encoding)
+    header = None
+    if columns is None:
+        header = _first_line(spark, path, encoding, what)
+        columns = [name.split(":", 1)[0].strip() for name in header.split(separator)]
+    parts = F.split(F.col("_line"), pattern, -1)
+    found = F.size(parts)
+    rows = _data_lines(lines, header).select(
+        *POSITION,
+        "_line",
+        F.when(found != len(columns), found).alias("_found"),
+        *[F.get(parts, i).alias(f"_c{i}") for i in range(len(columns))],
+    )
+    types = dict.fromkeys(columns, T.StringType())
+    return _Raw(path, what, columns, types, rows, lines, separator, hint)
+
+
+def _csv(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
+    """A generic CSV, one record per line; quoted fields may hold the delimiter."""
+    path = _exists(fc.path, what, f"Fix data.{what}.path.")
+    names = (
+        spark.read.options(header=fc.header, sep=fc.delimiter, inferSchema=False).csv(path).columns
+    )
+    header = _first_line(spark, path, "utf-8", what) if fc.header else None
+    schema = ", ".join(f"`_c{i}` STRING" for i in range(len(names))) + ", `_bad` STRING"
+    options = {"sep": fc.delimiter, "mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_bad"}
+    lines = _text_lines(spark, path, "utf-8")
+    parsed = _data_lines(lines, header).select(
+        *POSITION, "_line", F.from_csv("_line", schema, options).alias("_r")
+    )
+    rows = parsed.select(
+        *POSITION,
+        "_line",
+        F.when(F.col("_r._bad").isNotNull(), F.lit(-1)).alias("_found"),
+        *[F.col(f"_r._c{i}").alias(f"_c{i}") for i in range(len(names))],
+    )
+    types = dict.fromkeys(names, T.StringType())
+    return _Raw(path, what, names, types, rows, lines, fc.delimiter, hint)
+
+
+def _parquet(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
+    """A Parquet file or directory; errors point at the row index within its file."""
+    path = _exists(fc.path, what, f"Fix data.{what}.path.")
+    df = spark.read.parquet(path)
+    names = df.columns
+    rows = df.select(
+        F.col("_metadata.file_path").alias("_file"),
+        F.lit(0).cast("long").alias("_block"),
+        F.col("_metadata.row_index").alias("_pos"),
+        F.lit(None).cast("string").alias("_line"),
+        F.lit(None).cast("int").alias("_found"),
+        *[F.col(f"`{name}`").alias(f"_c{i}") for i, name in enumerate(names)],
+    )
+    types = {f.name: f.dataType for f in df.schema.fields}
+    return _Raw(path, what, names, types, rows, None, None, hint)
+
+
+_NUMERIC = (T.NumericType, T.BooleanType)
+_DATETIME = (T.TimestampType, T.TimestampNTZType, T.DateType)
+
+
+def _label(column: str, name: str) -> str:
+    """How messages name a column: the file's name, plus ours when they differ."""
+    return f"'{column}'" + ("" if column == name else f" ({name})")
+
+
+def _typed(raw: _Raw, name: str, field: _Field) -> tuple[Column, list[tuple[Column, str]]]:
+    """The cell as its Spark type, and (condition, problem) pairs that make the row bad."""
+    if field.column not in raw.columns:
+        return F.lit(None).cast("string"), []
+    v = raw.cell(field.column)
+    dtype = raw.types[field.column]
+    label = _label(field.column, name)
+    if not isinstance(dtype, (T.StringType, *_NUMERIC, *_DATETIME)):
+        raise DataError(
+            f"{raw.path}: column {label} has type {dtype.simpleString()}; expected text, "
+            f"a number or a date-time. {raw.hint}"
+        )
+    text = F.trim(v.cast("string"))
+    empty = text.isNull() | (text == "")
+    if field.kind in (_Kind.ID, _Kind.TEXT):
+        return text, [(empty, "empty")]
+    if field.kind == _Kind.OPTIONAL:
+        return F.when(~empty, text), []
+    if field.kind == _Kind.NUMBER:
+        if isinstance(dtype, _DATETIME):
+            raise DataError(f"{raw.path}: column {label} holds dates; expected a number.")
+        number = (text if isinstance(dtype, T.StringType) else v).try_cast("double")
+        finite = ~F.isnan(number) & (F.abs(number) != float("inf"))
+        return number, [(empty, "empty"), (number.isNull(), "nan"), (~finite, "infinite")]
+    if isinstance(dtype, _DATETIME):
+        seconds = F.unix_seconds(v.cast("timestamp"))
+    elif isinstance(dtype, T.StringType):
+        as_number = text.try_cast("double").try_cast("long")
+        seconds = F.coalesce(as_number, F.unix_seconds(text.try_cast("timestamp")))
+    else:
+        seconds = v.try_cast("double").try_cast("long")
+    return seconds, [(empty, "empty"), (seconds.isNull(), "time")]
+
+
+_PROBLEMS = {
+    "empty": "the value is empty, but the column is required",
+    "nan": "{value!r} is not a number",
+    "infinite": "{value!r} is not a finite number",
+    "time": "{value!r} is not a number (epoch seconds) or a date-time",
+}
+
+
+def _check(raw: _Raw, fields: Mapping[str, _Field]) -> DataFrame:
+    """Validate every row in one pass; raise DataError for the first bad one.
+
+    Returns POSITION plus one typed column per field (our names).
+    """
+    for name, field in fields.items():
+        if field.required and field.column not in raw.columns:
+            label = _label(field.column, name)
+            raise DataError(
+                f"{raw.path}: column {label} is missing; the file has columns: "
+                f"{', '.join(raw.columns)}. {raw.hint}"
+            )
+
+    def cause(column: str, value: Column, problem: str) -> Column:
+        return F.struct(
+            F.lit(column).alias("column"), value.alias("value"), F.lit(problem).alias("problem")
+        )
+
+    typed: dict[str, Column] = {}
+    rows = raw.rows
+    # Checks in column order; the first failing one names the row's error.
+    chain = F.when(F.col("_found").isNotNull(), cause("", F.col("_line"), "shape"))
+    for name, field in fields.items():
+        column, problems = _typed(raw, name, field)
+        typed[name] = column
+        for condition, problem in problems:
+            chain = chain.when(
+                condition, cause(name, raw.cell(field.column).cast("string"), problem)
+            )
+    error = chain.alias("_error")
+    checked = rows.select(*POSITION, "_found", error).agg(
+        F.count("*").alias("rows"),
+        F.count("_error").alias("bad"),
+        F.min(F.when(F.col("_error").isNotNull(), F.struct(*POSITION, "_found", "_error"))).alias(
+            "first"
+        ),
+    )
+    result = checked.first()
+    if result["bad"]:
+        first = result["first"]
+        where = _where(raw, first["_file"], first["_block"], first["_pos"])
+        column, value, problem = first["_error"]
+        tally = (
+            f" ({result['bad']} bad rows in all; this is the first.)" if result["bad"] > 1 else ""
+        )
+        if problem == "shape":
+            found = "a different number of fields" if first["_found"] < 0 else first["_found"]
+            raise DataError(
+                f"{where}: expected {len(raw.columns)} fields ({', '.join(raw.columns)}) "
+                f"separated by {raw.separator!r}, found {found}: {value!r}. "
+                f"Fix the row or remove it.{tally}"
+            )
+        field = fields[column]
+        label = _label(field.column, column)
+        raise DataError(
+            f"{where}, column {label}: {_PROBLEMS[problem].format(value=value)}. "
+            f"Fix the row or remove it.{tally}"
+        )
+    log.info("%s: %d rows from %s", raw.what, result["rows"], raw.path)
+    return rows.select(*POSITION, *[col.alias(name) for name, col in typed.items()])
+
+
+def _unique(raw: _Raw, df: DataFrame, key: str) -> None:
+    """Ids must appear once: a repeated item or user would duplicate every join downstream."""
+    at = F.struct(*POSITION)
+    dup = (
+        df.groupBy(key)
+        .agg(F.count("*").alias("n"), F.min(at).alias("first"), F.max(at).alias("last"))
+        .where(F.col("n") > 1)
+        .orderBy("first")
+        .first()
+    )
+    if dup is not None:
+        first, last = (_where(raw, *dup[k]) for k in ("first", "last"))
+        raise DataError(
+            f"{raw.path}: {key} {dup[key]!r} appears {dup['n']} times (first at {first}, last "
+            f"at {last}); each id must appear once. Remove the duplicate rows."
+        )
+
+
+def _known_items(inter_raw: _Raw, inter: DataFrame, items_raw: _Raw, items: DataFrame) -> None:
+    """Every interaction must point at a described item: the item's title feeds the prompts."""
+    orphans = (
+        inter.join(items.select("item_id"), "item_id", "left_anti")
+        .agg(F.count("*").alias("n"), F.min(F.struct(*POSITION, "item_id")).alias("first"))
+        .first()
+    )
+    if orphans["n"]:
+        first = orphans["first"]
+        where = _where(inter_raw, first["_file"], first["_block"], first["_pos"])
+        raise DataError(
+            f"{where}: item id {first['item_id']!r} is not in the items file {items_raw.path} "
+            f"({orphans['n']} interactions reference unknown items). Add the items to "
+            f"{items_raw.path} or remove those interactions."
+        )
+
+
+def _attributes(columns: Mapping[str, Column]) -> Column:
+    """map<string,string> of the non-empty attributes (prompts skip the missing ones)."""
+    if not columns:
+        return F.create_map().cast("map<string,string>")
+    pairs = [x for key, col in columns.items() for x in (F.lit(key), col)]
+    return F.map_filter(F.create_map(*pairs), lambda _, v: v.isNotNull())
+
+
+def _lookup(codes: Mapping[object, str], column: Column) -> Column:
+    """Decode a code column with a fixed table, keeping unknown codes as they are."""
+    table = F.create_map(*[x for k, v in codes.items() for x in (F.lit(str(k)), F.lit(v))])
+    return F.coalesce(F.try_element_at(table, column), column)
+
+
+def _genres(column: Column, separator: str) -> Column:
+    return F.filter(F.split(F.coalesce(column, F.lit("")), separator), lambda g: g != "")
+
+
+@dataclass(frozen=True)
+class _Table:
+    raw: _Raw
+    df: DataFrame  # POSITION + the normalized columns
+
+
+_Inputs = tuple[_Table, _Table, _Table | None]  # interactions, items, users
+
+
+def _movielens_100k(spark: SparkSession, root: Path) -> _Inputs:
+    fix = f"Run `python -m jobs.datasets {root}` to fetch MovieLens 100K, or fix data.path."
+    hint = "The file is not a RecBole atomic file of MovieLens 100K; fetch it again."
+    paths = {what: root / name for what, name in ML100K_FILES.items()}
+
+    def load(what: str) -> _Raw:
+        path = _exists(paths[what], what, fix)
+        return _split_text(spark, path, what, "\t", "\t", "utf-8", None, hint)
+
+    inter_raw = load("interactions")
+    inter = _check(
+        inter_raw,
+        {
+            "user_id": _Field("user_id", _Kind.ID),
+            "item_id": _Field("item_id", _Kind.ID),
+            "rating": _Field("rating", _Kind.NUMBER),
+            "timestamp": _Field("timestamp", _Kind.TIMESTAMP),
+        },
+    )
+    items_raw = load("items")
+    items = _check(
+        items_raw,
+        {
+            "item_id": _Field("item_id", _Kind.ID),
+            "title": _Field("movie_title", _Kind.TEXT),
+            "year": _Field("release_year", _Kind.OPTIONAL, required=False),
+            "genres": _Field("class", _Kind.OPTIONAL, required=False),
+        },
+    )
+    # RecBole splits "Toy Story (1995)" into title and year; prompts want the original title.
+    with_year = F.concat(F.col("title"), F.lit(" ("), F.col("year"), F.lit(")"))
+    items = items.select(
+        *POSITION,
+        "item_id",
+        F.when(F.col("year").rlike(r"^\d{4}$"), with_year).otherwise(F.col("title")).alias("title"),
+        _genres(F.col("genres"), " ").alias("genres"),
+    )
+    if not paths["users"].exists():
+        return _Table(inter_raw, inter), _Table(items_raw, items), None
+    users_raw = load("users")
+    names = [c for c in users_raw.columns if c not in ("user_id", "zip_code")]
+    users = _check(
+        users_raw,
+        {"user_id": _Field("user_id", _Kind.ID)}
+        | {c: _Field(c, _Kind.OPTIONAL, required=False) for c in names},
+    )
+    attrs = {c: F.col(c) for c in names}
+    if "gender" in attrs:
+        attrs["gender"] = _lookup(GENDERS, F.col("gender"))
+    users = users.select(*POSITION, "user_id", _attributes(attrs).alias("attributes"))
+    return _Table(inter_raw, inter), _Table(items_raw, items), _Table(users_raw, users)
+
+
+def _movielens_1m(spark: SparkSession, root: Path) -> _Inputs:
+    fix = "Place the ML-1M files (ratings.dat, movies.dat, users.dat) there, or fix data.path."
+    hint = "The file is not in MovieLens 1M `::` format."
+    paths = {what: root / name for what, name in ML1M_FILES.items()}
+
+    def load(what: str) -> _Raw:
+        path = _exists(paths[what], what, fix)
+        cols = ML1M_COLUMNS[what]
+        return _split_text(spark, path, what, "::", "::", "ISO-8859-1", cols, hint)
+
+    inter_raw = load("interactions")
+    inter = _check(
+        inter_raw,
+        {
+            "user_id": _Field("UserID", _Kind.ID),
+            "item_id": _Field("MovieID", _Kind.ID),
+            "rating": _Field("Rating", _Kind.NUMBER),
+            "timestamp": _Field("Timestamp", _Kind.TIMESTAMP),
+        },
+    )
+    items_raw = load("items")
+    items = _check(
+        items_raw,
+        {
+            "item_id": _Field("MovieID", _Kind.ID),
+            "title": _Field("Title", _Kind.TEXT),
+            "genres": _Field("Genres", _Kind.OPTIONAL),
+        },
+    )
+    items = items.withColumn("genres", _genres(F.col("genres"), r"\|"))
+    if not paths["users"].exists():
+        return _Table(inter_raw, inter), _Table(items_raw, items), None
+    users_raw = load("users")
+    users = _check(
+        users_raw,
+        {
+            "user_id": _Field("UserID", _Kind.ID),
+            "gender": _Field("Gender", _Kind.OPTIONAL),
+            "age": _Field("Age", _Kind.OPTIONAL),
+            "occupation": _Field("Occupation", _Kind.OPTIONAL),
+        },
+    )
+    attrs = {
+        "gender": _lookup(GENDERS, F.col("gender")),
+        "age": _lookup(ML1M_AGES, F.col("age")),
+        "occupation": _lookup(ML1M_OCCUPATIONS, F.col("occupation")),
+    }
+    users = users.select(*POSITION, "user_id", _attributes(attrs).alias("attributes"))
+    return _Table(inter_raw, inter), _Table(items_raw, items), _Table(users_raw, users)
+
+
+def _generic_fields(what: str, fc: FileConf) -> dict[str, _Field]:
+    mapping = dict(fc.columns)
+    if what == "users":
+        attrs = {k: _Field(v, _Kind.OPTIONAL) for k, v in mapping.items() if k != "user_id"}
+        return {"user_id": _Field(mapping.get("user_id", "user_id"), _Kind.ID)} | attrs
+    unknown = sorted(set(mapping) - set(GENERIC_KEYS[what]))
+    if unknown:
+        raise DataError(
+            f"data.{what}.columns: unknown key(s) {', '.join(unknown)}; the keys are our column "
+            f"names: {', '.join(GENERIC_KEYS[what])}. Fix the config."
+        )
+    if what == "interactions":
+        kinds = {"user_id": _Kind.ID, "item_id": _Kind.ID, "rating": _Kind.NUMBER}
+        kinds["timestamp"] = _Kind.TIMESTAMP
+        return {k: _Field(mapping.get(k, k), kind) for k, kind in kinds.items()}
+    return {
+        "item_id": _Field(mapping.get("item_id", "item_id"), _Kind.ID),
+        "title": _Field(mapping.get("title", "title"), _Kind.TEXT),
+        # Genres are optional unless the config maps them explicitly.
+        "genres": _Field(mapping.get("genres", "genres"), _Kind.OPTIONAL, "genres" in mapping),
+    }
+
+
+def _generic_table(spark: SparkSession, fc: FileConf, what: str) -> _Table:
+    hint = f"Map it in data.{what}.columns or fix the file's header."
+    reader: Callable[[SparkSession, FileConf, str, str], _Raw] = (
+        _parquet if fc.format == "parquet" else _csv
+    )
+    raw = reader(spark, fc, what, hint)
+    df = _check(raw, _generic_fields(what, fc))
+    if what == "items":
+        df = df.withColumn("genres", _genres(F.col("genres"), r"\|"))
+    elif what == "users":
+        attrs = {c: F.col(f"`{c}`") for c in df.columns if c not in (*POSITION, "user_id")}
+        df = df.select(*POSITION, "user_id", _attributes(attrs).alias("attributes"))
+    return _Table(raw, df)
+
+
+def _generic(spark: SparkSession, conf: DataConf) -> _Inputs:
+    if conf.interactions is None or conf.items is None:
+        raise DataError("data.format 'generic' needs data.interactions and data.items.")
+    return (
+        _generic_table(spark, conf.interactions, "interactions"),
+        _generic_table(spark, conf.items, "items"),
+        None if conf.users is None else _generic_table(spark, conf.users, "users"),
+    )
+
+
+def _directory(path: Path | None, fmt: str) -> Path:
+    if path is None or not path.is_dir():
+        fetch = " Run `python -m jobs.datasets data/ml-100k` to fetch it."
+        raise DataError(
+            f"data.path {path} is not a directory; data.format {fmt!r} reads its files from one."
+            + (fetch if fmt == "movielens-100k" else "")
+        )
+    return path
+
+
+def read(spark: SparkSession, conf: DataConf) -> RawData:
+    """Read and validate the configured inputs; raise DataError at the first bad row."""
+    started = time.monotonic()
+    if conf.format == "movielens-100k":
+        inter, items, users = _movielens_100k(spark, _directory(conf.path, conf.format))
+    elif conf.format == "movielens-1m":
+        inter, items, users = _movielens_1m(spark, _directory(conf.path, conf.format))
+    else:
+        inter, items, users = _generic(spark, conf)
+    _unique(items.raw, items.df, "item_id")
+    if users is not None:
+        _unique(users.raw, users.df, "user_id")
+    _known_items(inter.raw, inter.df, items.raw, items.df)
+    if users is None:
+        log.info("no users file: prompts will carry no demographics")
+    log.info("read and validated %s inputs in %.1f s", conf.format, time.monotonic() - started)
+    return RawData(
+        interactions=inter.df.drop(*POSITION),
+        items=items.df.drop(*POSITION),
+        users=None if users is None else users.df.drop(*POSITION),
+    )
