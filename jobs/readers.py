@@ -195,7 +195,6 @@ def _split_text(
     path: str,
     what: str,
     separator: str,
-    pattern: str,
     encoding: str,
     columns: list[str] | None,
     hint: str,
@@ -209,7 +208,7 @@ def _split_text(
     if columns is None:
         header = _first_line(spark, path, encoding, what)
         columns = [name.split(":", 1)[0].strip() for name in header.split(separator)]
-    parts = F.split(F.col("_line"), pattern, -1)
+    parts = F.split(F.col("_line"), f"\\Q{separator}\\E", -1)  # a literal, not a regex
     found = F.size(parts)
     rows = _data_lines(lines, header).select(
         *POSITION,
@@ -443,7 +442,7 @@ def _movielens_100k(spark: SparkSession, root: Path) -> _Inputs:
 
     def load(what: str) -> _Raw:
         path = _exists(paths[what], what, fix)
-        return _split_text(spark, path, what, "\t", "\t", "utf-8", None, hint)
+        return _split_text(spark, path, what, "\t", "utf-8", None, hint)
 
     inter_raw = load("interactions")
     inter = _check(
@@ -497,7 +496,7 @@ def _movielens_1m(spark: SparkSession, root: Path) -> _Inputs:
     def load(what: str) -> _Raw:
         path = _exists(paths[what], what, fix)
         cols = ML1M_COLUMNS[what]
-        return _split_text(spark, path, what, "::", "::", "ISO-8859-1", cols, hint)
+        return _split_text(spark, path, what, "::", "ISO-8859-1", cols, hint)
 
     inter_raw = load("interactions")
     inter = _check(
