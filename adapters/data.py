@@ -1,0 +1,234 @@
+"""CTR samples (Arrow, SAMPLES schema) -> tensors for DIN with optional KAR text embeddings.
+
+Item ids get a vocabulary built from the training users only (pad 0, OOV 1), so
+items first seen in validation or test behave as they would in production. A
+validation slice of the training users (seeded, by user) chooses the epoch;
+test users are only ever scored once, at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+log = logging.getLogger(__name__)
+
+PAD, OOV = 0, 1
+# History feedback tokens: pad, disliked (rating <= threshold), liked.
+DISLIKED, LIKED = 1, 2
+
+
+class DataError(ValueError):
+    """The samples cannot make a train/validation/test split; names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class EntityMatrix:
+    """Text embeddings of one entity kind: row i belongs to ids[i]."""
+
+    ids: list[str]
+    values: np.ndarray  # (N, D) float32
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 2 or self.values.shape[0] != len(self.ids):
+            raise ValueError(f"{len(self.ids)} ids need a ({len(self.ids)}, D) matrix")
+
+    @property
+    def dim(self) -> int:
+        return self.values.shape[1]
+
+    def padded(self) -> torch.Tensor:
+        """(N + 1, D) with an all-zero row 0 for entities that have no embedding."""
+        zero = np.zeros((1, self.dim), dtype=np.float32)
+        return torch.from_numpy(np.concatenate([zero, self.values.astype(np.float32)]))
+
+    def rows(self, ids: pa.Array) -> np.ndarray:
+        """Row in `padded()` for each id: 1 + position, or 0 where the id has no embedding."""
+        pos = pc.index_in(ids, value_set=pa.array(self.ids, pa.string()))
+        return pc.fill_null(pc.add(pos, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class CTRTensors:
+    """One slice of samples; `user_row`/`item_row` index the padded embedding matrices."""
+
+    target: torch.Tensor  # (B,) item vocab id
+    history: torch.Tensor  # (B, L) item vocab ids, PAD after the real entries
+    feedback: torch.Tensor  # (B, L) PAD / DISLIKED / LIKED
+    user_row: torch.Tensor  # (B,) 0 = no user embedding
+    item_row: torch.Tensor  # (B,) 0 = no item embedding
+    label: torch.Tensor  # (B,) float 0/1
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+    def take(self, index: torch.Tensor) -> CTRTensors:
+        return CTRTensors(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def to(self, device: str | torch.device) -> CTRTensors:
+        return CTRTensors(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[CTRTensors]:
+        """Mini-batches; shuffled when a seeded `generator` is given, in order otherwise."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, batch_size):
+            yield self.take(order[start : start + batch_size])
+
+
+@dataclass(frozen=True)
+class CTRData:
+    """Fit / validation / test tensors plus what the models need to size themselves."""
+
+    fit: CTRTensors
+    valid: CTRTensors
+    test: CTRTensors
+    n_items: int  # vocabulary size including PAD and OOV
+    history_length: int
+    user_matrix: torch.Tensor | None  # (N_users + 1, D_u), row 0 zero
+    item_matrix: torch.Tensor | None  # (N_items + 1, D_i), row 0 zero
+
+
+def split_validation(train_users: list[str], fraction: float, seed: int) -> set[str]:
+    """A seeded `fraction` of the training users (at least one, never all) for validation."""
+    users = sorted(train_users)
+    if len(users) < 2:
+        raise DataError(
+            f"the train split has {len(users)} user(s); a validation slice needs at least 2 "
+            "(sample more users: data.sample.max_users)"
+        )
+    k = min(max(1, math.ceil(fraction * len(users))), len(users) - 1)
+    chosen = np.random.default_rng(seed).permutation(len(users))[:k]
+    return {users[i] for i in chosen}
+
+
+def item_vocab(samples: pa.Table) -> pa.Array:
+    """Sorted distinct item ids (targets and histories) of `samples`; vocab id = index + 2."""
+    ids = pa.concat_arrays(
+        [
+            samples.column("item_id").combine_chunks(),
+            pc.list_flatten(samples.column("history_item_ids").combine_chunks()),
+        ]
+    )
+    return pc.unique(ids).sort()
+
+
+def _vocab_ids(ids: pa.Array, vocab: pa.Array) -> np.ndarray:
+    pos = pc.index_in(ids, value_set=vocab)
+    return pc.fill_null(pc.add(pos, 2), OOV).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _pad_recent(lists: pa.ListArray, values: np.ndarray, length: int) -> np.ndarray:
+    """(rows, length) of each list's last `length` values, left-aligned, PAD after."""
+    lens = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    pos = np.arange(len(parent)) - offsets[parent]  # index within its list
+    col = pos - np.maximum(lens[parent] - length, 0)
+    keep = col >= 0
+    out = np.full((len(lens), length), PAD, dtype=np.int64)
+    out[parent[keep], col[keep]] = values[keep]
+    return out
+
+
+def _tensors(
+    samples: pa.Table,
+    vocab: pa.Array,
+    history_length: int,
+    like_threshold: float,
+    users: EntityMatrix | None,
+    items: EntityMatrix | None,
+) -> CTRTensors:
+    n = samples.num_rows
+    item_ids = samples.column("item_id").combine_chunks()
+    hist = samples.column("history_item_ids").combine_chunks()
+    ratings = pc.list_flatten(samples.column("history_ratings").combine_chunks())
+    hist_ids = _vocab_ids(pc.list_flatten(hist), vocab)
+    liked = np.where(ratings.to_numpy(zero_copy_only=False) > like_threshold, LIKED, DISLIKED)
+    zeros = np.zeros(n, dtype=np.int64)
+    return CTRTensors(
+        target=torch.from_numpy(_vocab_ids(item_ids, vocab)),
+        history=torch.from_numpy(_pad_recent(hist, hist_ids, history_length)),
+        feedback=torch.from_numpy(_pad_recent(hist, liked.astype(np.int64), history_length)),
+        user_row=torch.from_numpy(
+            users.rows(samples.column("user_id").combine_chunks()) if users else zeros
+        ),
+        item_row=torch.from_numpy(items.rows(item_ids) if items else zeros),
+        label=torch.from_numpy(samples.column("label").to_numpy().astype(np.float32)),
+    )
+
+
+def _check_both_labels(part: pa.Table, name: str, fix: str) -> None:
+    labels = set(part.column("label").to_pylist())
+    if labels != {0, 1}:
+        raise DataError(
+            f"the {name} slice has {part.num_rows} samples with label(s) {sorted(labels)}; "
+            f"AUC needs both 0 and 1 ({fix})"
+        )
+
+
+def build(
+    samples: pa.Table,
+    *,
+    history_length: int,
+    like_threshold: float,
+    validation_fraction: float,
+    seed: int,
+    users: EntityMatrix | None = None,
+    items: EntityMatrix | None = None,
+) -> CTRData:
+    """Split samples into fit / validation (train users) / test and encode them as tensors."""
+    split = samples.column("split")
+    train = samples.filter(pc.equal(split, "train"))
+    test = samples.filter(pc.equal(split, "test"))
+    train_users = pc.unique(train.column("user_id")).to_pylist()
+    valid_users = split_validation(train_users, validation_fraction, seed)
+    in_valid = pc.is_in(train.column("user_id"), value_set=pa.array(sorted(valid_users)))
+    fit, valid = train.filter(pc.invert(in_valid)), train.filter(in_valid)
+    more = "sample more users (data.sample.max_users)"
+    _check_both_labels(fit, "fit", more)
+    _check_both_labels(valid, "validation", f"raise adapt.validation_fraction or {more}")
+    _check_both_labels(test, "test", f"raise prepare.test_fraction or {more}")
+
+    vocab = item_vocab(fit)
+    log.info(
+        "samples: %d fit (%d users), %d validation (%d users), %d test; %d items in vocabulary",
+        fit.num_rows,
+        len(train_users) - len(valid_users),
+        valid.num_rows,
+        len(valid_users),
+        test.num_rows,
+        len(vocab),
+    )
+    parts = [
+        _tensors(p, vocab, history_length, like_threshold, users, items) for p in (fit, valid, test)
+    ]
+    for kind, matrix, rows in (("user", users, "user_row"), ("item", items, "item_row")):
+        if matrix is None:
+            continue
+        missing = sum(int((getattr(p, rows) == 0).sum()) for p in parts)
+        log.info(
+            "%s text embeddings: %d entities; %d of %d samples have none (zero vector, masked)",
+            kind,
+            len(matrix.ids),
+            missing,
+            samples.num_rows,
+        )
+    return CTRData(
+        fit=parts[0],
+        valid=parts[1],
+        test=parts[2],
+        n_items=len(vocab) + 2,
+        history_length=history_length,
+        user_matrix=users.padded() if users else None,
+        item_matrix=items.padded() if items else None,
+    )
