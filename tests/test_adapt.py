@@ -1,0 +1,165 @@
+"""The adapt stage on real Delta tables in tmp: trains, publishes vectors once, then skips."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from adapters.moe import HybridExpertAdaptor
+from jobs import adapt, schemas, tables
+
+T0 = datetime(2026, 11, 16, tzinfo=UTC)
+T1, T2 = T0 + timedelta(days=7), T0 + timedelta(days=8)
+N_USERS, N_ITEMS, DIM, PER_USER = 40, 30, 384, 12
+LLM, ENCODER = "smollm2-135m-instruct", "all-MiniLM-L6-v2"
+
+
+def write_inputs(conf) -> dict[tuple[str, str], np.ndarray]:
+    """samples, knowledge and embeddings tables; returns each current entity's embedding.
+
+    Item i0 has an older answer (and its embedding) before the current one; item
+    i29's latest answer has no embedding yet, so i29 must get no vector.
+    """
+    rng = np.random.default_rng(0)
+    taste = rng.standard_normal((4, DIM)).astype(np.float32)
+    user_genre, item_genre = rng.integers(4, size=N_USERS), rng.integers(4, size=N_ITEMS)
+    emb = {("user", f"u{u}"): taste[user_genre[u]] for u in range(N_USERS)}
+    emb |= {("item", f"i{i}"): taste[item_genre[i]] for i in range(N_ITEMS)}
+    emb = {k: v + rng.standard_normal(DIM).astype(np.float32) for k, v in emb.items()}
+
+    samples = []
+    for u in range(N_USERS):
+        seq = rng.choice(N_ITEMS, size=PER_USER, replace=False)
+        liked = rng.random(PER_USER) < 0.2 + 0.6 * (item_genre[seq] == user_genre[u])
+        ratings = np.where(liked, 5.0, 2.0).tolist()
+        for pos in range(PER_USER // 2, PER_USER):
+            samples.append(
+                {
+                    "user_id": f"u{u}",
+                    "item_id": f"i{seq[pos]}",
+                    "label": int(liked[pos]),
+                    "rating": ratings[pos],
+                    "timestamp": 1000 + pos,
+                    "position": pos,
+                    "history_item_ids": [f"i{i}" for i in seq[max(0, pos - 10) : pos]],
+                    "history_ratings": ratings[max(0, pos - 10) : pos],
+                    "split": "test" if u % 10 == 0 else "train",
+                }
+            )
+    tables.overwrite(
+        conf.table_path("samples"),
+        pa.Table.from_pylist(samples, schema=schemas.SAMPLES),
+        schemas.SAMPLES,
+    )
+
+    def knowledge(kind: str, eid: str, fp: str, at: datetime) -> dict:
+        return {
+            "kind": kind,
+            "entity_id": eid,
+            "fingerprint": fp,
+            "prompt": "p",
+            "context": "c",
+            "text": "t",
+            "model_id": LLM,
+            "factor_version": "f1",
+            "template_version": "t1",
+            "input_tokens": 10,
+            "output_tokens": 20,
+            "finish_reason": "stop",
+            "run_id": "r",
+            "generated_at": at,
+        }
+
+    def embedding(kind: str, eid: str, fp: str, vec: np.ndarray) -> dict:
+        return {
+            "kind": kind,
+            "entity_id": eid,
+            "fingerprint": fp,
+            "encoder_model": ENCODER,
+            "dim": DIM,
+            "embedding": vec.tolist(),
+            "encoded_at": T1,
+        }
+
+    know = [knowledge(k, e, f"fp-{e}", T1) for k, e in emb]
+    know += [knowledge("item", "i0", "fp-old", T0), knowledge("item", "i29", "fp-newest", T2)]
+    embs = [embedding(k, e, f"fp-{e}", v) for (k, e), v in emb.items()]
+    embs.append(embedding("item", "i0", "fp-old", rng.standard_normal(DIM)))
+    tables.overwrite(
+        conf.table_path("knowledge"),
+        pa.Table.from_pylist(know, schema=schemas.KNOWLEDGE),
+        schemas.KNOWLEDGE,
+    )
+    tables.overwrite(
+        conf.table_path("embeddings"),
+        pa.Table.from_pylist(embs, schema=schemas.EMBEDDINGS),
+        schemas.EMBEDDINGS,
+    )
+    del emb[("item", "i29")]
+    return emb
+
+
+def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config):
+    conf = make_config("adapt.epochs=3")
+    current = write_inputs(conf)
+    path = conf.table_path("vectors")
+
+    first = adapt.run(conf, "run-1")
+    assert not first.skipped and first.vectors_version == 0
+    assert first.vectors_written == len(current) == N_USERS + N_ITEMS - 1
+    assert 0 < first.auc_without < 1 and 0 < first.auc_with < 1
+    assert first.logloss_without > 0 and first.logloss_with > 0
+
+    rows = tables.read(path, schemas.VECTORS).to_pylist()
+    assert len(rows) == len(current)
+    assert {(r["kind"], r["entity_id"]) for r in rows} == set(current)
+    assert {r["version_id"] for r in rows} == {"run-1"}
+    assert {r["dim"] for r in rows} == {32}
+    assert all(len(r["vector"]) == 32 and np.isfinite(r["vector"]).all() for r in rows)
+    assert all(r["fingerprint"] == f"fp-{r['entity_id']}" for r in rows)  # i0: not fp-old
+    assert {(r["llm_model"], r["encoder_model"]) for r in rows} == {(LLM, ENCODER)}
+    assert {r["adaptor"] for r in rows} == {"hybrid_moe(shared=2,dedicated=5,hidden=128,out=32)"}
+    assert len({r["input_fingerprint"] for r in rows}) == 1
+    assert float(tables.commit_metadata(path, "auc_with")) == first.auc_with
+
+    # The stored vectors are exactly the saved adaptor's towers applied to the texts.
+    checkpoint = tables.commit_metadata(path, "adaptor_checkpoint")
+    assert checkpoint == str(adapt.adaptor_checkpoint(conf, "run-1"))
+    adaptor = HybridExpertAdaptor.load(adapt.adaptor_checkpoint(conf, "run-1"))
+    for kind in ("user", "item"):
+        mine = [r for r in rows if r["kind"] == kind]
+        x = torch.from_numpy(np.stack([current[(kind, r["entity_id"])] for r in mine]))
+        with torch.no_grad():
+            expected = adaptor.tower(x, kind)
+        stored = torch.tensor([r["vector"] for r in mine])
+        torch.testing.assert_close(stored, expected, rtol=1e-5, atol=1e-6)
+
+    second = adapt.run(conf, "run-2")
+    assert second.skipped and second.vectors_written == 0
+    assert second.vectors_version == tables.version(path) == 0
+    assert (second.auc_without, second.auc_with, second.logloss_with) == (
+        first.auc_without,
+        first.auc_with,
+        first.logloss_with,
+    )
+
+    retrained = adapt.run(make_config("adapt.epochs=2"), "run-3")
+    assert not retrained.skipped and retrained.vectors_version == 1
+    assert set(tables.read(path, schemas.VECTORS).column("version_id").to_pylist()) == {"run-3"}
+
+
+def test_adapt_names_the_missing_stage(make_config):
+    conf = make_config()
+    with pytest.raises(adapt.InputError, match="kar prepare"):
+        adapt.run(conf, "r")
+    write_inputs(conf)
+    tables.overwrite(
+        conf.table_path("embeddings"), schemas.EMBEDDINGS.empty_table(), schemas.EMBEDDINGS
+    )
+    with pytest.raises(adapt.InputError, match="kar encode"):
+        adapt.run(conf, "r")
+    assert tables.version(conf.table_path("vectors")) is None
