@@ -30,6 +30,7 @@ from adapters.moe import TOWERS, HybridExpertAdaptor, Tower
 from adapters.train import train_and_evaluate
 from jobs import schemas, tables
 from jobs.config import Config
+from jobs.readers import DataError
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,11 @@ class AdaptResult:
     seconds: float
 
 
-class InputError(ValueError):
-    """An upstream table is missing or empty; names the stage that writes it."""
+class InputError(DataError):
+    """An upstream table is missing, empty or too small; names the stage or key that fixes it.
+
+    A readers.DataError, so the CLI reports it as a bad input (exit 2, no traceback).
+    """
 
 
 def adaptor_checkpoint(conf: Config, version_id: str) -> Path:
@@ -232,15 +236,18 @@ def run(conf: Config, run_id: str) -> AdaptResult:
             seconds=time.monotonic() - started,
         )
 
-    data = ctr_data.build(
-        samples,
-        history_length=conf.prepare.ctr_history_length,
-        like_threshold=conf.prepare.label_threshold,
-        validation_fraction=conf.adapt.validation_fraction,
-        seed=conf.run.seed,
-        users=_matrix(current, "user"),
-        items=_matrix(current, "item"),
-    )
+    try:
+        data = ctr_data.build(
+            samples,
+            history_length=conf.prepare.ctr_history_length,
+            like_threshold=conf.prepare.label_threshold,
+            validation_fraction=conf.adapt.validation_fraction,
+            seed=conf.run.seed,
+            users=_matrix(current, "user"),
+            items=_matrix(current, "item"),
+        )
+    except ctr_data.DataError as e:
+        raise InputError(str(e)) from e
     without = train_and_evaluate(data, conf.adapt, conf.run.seed, with_kar=False)
     with_kar = train_and_evaluate(data, conf.adapt, conf.run.seed, with_kar=True)
     log.info(
