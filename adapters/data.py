@@ -98,17 +98,30 @@ class CTRData:
     item_matrix: torch.Tensor | None  # (N_items + 1, D_i), row 0 zero
 
 
-def split_validation(train_users: list[str], fraction: float, seed: int) -> set[str]:
-    """A seeded `fraction` of the training users (at least one, never all) for validation."""
-    users = sorted(train_users)
+def split_validation(train: pa.Table, fraction: float, seed: int) -> set[str]:
+    """A seeded `fraction` of the training users (at least one, never all) for validation.
+
+    AUC needs both labels, so on small data the slice grows, one user at a time in
+    the same seeded order, until it holds a positive and a negative sample.
+    """
+    per_user: dict[str, set[int]] = {}
+    for user, label in zip(
+        train.column("user_id").to_pylist(), train.column("label").to_pylist(), strict=True
+    ):
+        per_user.setdefault(user, set()).add(label)
+    users = sorted(per_user)
     if len(users) < 2:
         raise DataError(
             f"the train split has {len(users)} user(s); a validation slice needs at least 2 "
             "(sample more users: data.sample.max_users)"
         )
+    order = [users[i] for i in np.random.default_rng(seed).permutation(len(users))]
     k = min(max(1, math.ceil(fraction * len(users))), len(users) - 1)
-    chosen = np.random.default_rng(seed).permutation(len(users))[:k]
-    return {users[i] for i in chosen}
+    labels = set().union(*(per_user[u] for u in order[:k]))
+    while labels != {0, 1} and k < len(users) - 1:
+        labels |= per_user[order[k]]
+        k += 1
+    return set(order[:k])
 
 
 def item_vocab(samples: pa.Table) -> pa.Array:
@@ -191,7 +204,7 @@ def build(
     train = samples.filter(pc.equal(split, "train"))
     test = samples.filter(pc.equal(split, "test"))
     train_users = pc.unique(train.column("user_id")).to_pylist()
-    valid_users = split_validation(train_users, validation_fraction, seed)
+    valid_users = split_validation(train, validation_fraction, seed)
     in_valid = pc.is_in(train.column("user_id"), value_set=pa.array(sorted(valid_users)))
     fit, valid = train.filter(pc.invert(in_valid)), train.filter(in_valid)
     more = "sample more users (data.sample.max_users)"

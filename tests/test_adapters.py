@@ -149,7 +149,8 @@ def test_build_splits_by_user_and_encodes_histories():
     n_train = sum(s == "train" for s in samples.column("split").to_pylist())
     assert len(data.fit) + len(data.valid) == n_train
     assert len(data.test) == samples.num_rows - n_train
-    valid_users = ctr_data.split_validation([f"u{u}" for u in range(150) if u % 5], 0.1, 7)
+    train = samples.filter(pa.compute.equal(samples.column("split"), "train"))
+    valid_users = ctr_data.split_validation(train, 0.1, 7)
     assert len(valid_users) == 12 and not any(int(u[1:]) % 5 == 0 for u in valid_users)
     assert data.fit.history.shape[1] == 4 and data.n_items == 42
     # The last sample has 10 earlier interactions: the 4 most recent are kept, in order.
@@ -180,9 +181,31 @@ def test_item_vocabulary_comes_from_fit_users_only():
     assert data.user_matrix is None and (data.fit.user_row == 0).all()
 
 
+def labelled(labels_per_user: dict[str, list[int]]) -> pa.Table:
+    """A minimal train slice: one row per (user, label) with just the columns the split reads."""
+    rows = [(u, y) for u, ys in labels_per_user.items() for y in ys]
+    return pa.table({"user_id": [u for u, _ in rows], "label": [y for _, y in rows]})
+
+
 def test_too_few_users_for_validation_is_a_clear_error():
     with pytest.raises(ctr_data.DataError, match="max_users"):
-        ctr_data.split_validation(["u1"], 0.1, 0)
+        ctr_data.split_validation(labelled({"u1": [0, 1]}), 0.1, 0)
+
+
+def test_validation_slice_grows_in_seeded_order_until_it_has_both_labels():
+    # Nine all-negative users and one all-positive: 10% is one user, usually negative only.
+    train = labelled({f"u{i}": [0, 0] for i in range(9)} | {"pos": [1]})
+    for seed in range(20):
+        chosen = ctr_data.split_validation(train, 0.1, seed)
+        # It has both labels, or "pos" came last in the seeded order and fit keeps it.
+        assert "pos" in chosen or len(chosen) == 9
+        assert 1 <= len(chosen) <= 9
+        # The slice is a prefix of one seeded order: a larger fraction never drops a user.
+        assert chosen <= ctr_data.split_validation(train, 0.95, seed)
+    grown = [len(ctr_data.split_validation(train, 0.1, seed)) for seed in range(20)]
+    assert max(grown) > 1  # 10% alone is one user: the slice did grow
+    # Single-label data cannot be fixed by growing: it stops short of taking every user.
+    assert len(ctr_data.split_validation(labelled({f"u{i}": [0] for i in range(5)}), 0.1, 0)) == 4
 
 
 def test_din_learns_item_quality():

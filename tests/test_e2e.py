@@ -21,8 +21,8 @@ KAR = str(Path(sys.executable).with_name("kar"))
 pytestmark = pytest.mark.e2e
 
 SLICE = [
-    "data.sample.max_items=12",
-    "data.sample.max_users=10",
+    "data.sample.max_items=20",
+    "data.sample.max_users=30",
     "llm.max_new_tokens=16",
     "llm.batch_size=8",
     "adapt.epochs=2",
@@ -69,8 +69,8 @@ def test_first_run_fills_every_table(first_run):
 
     knowledge = DeltaTable(summary["tables"]["knowledge"]["path"]).to_pyarrow_table().to_pylist()
     kinds = {k: sum(r["kind"] == k for r in knowledge) for k in ("user", "item")}
-    assert kinds == {"user": 10, "item": 12}
-    assert summary["prompts_generated"] == 22
+    assert kinds == {"user": 30, "item": 20}
+    assert summary["prompts_generated"] == 50
     for row in knowledge:
         assert row["text"].strip()
         assert row["model_id"] == "bundled:smollm2-135m-instruct"
@@ -80,11 +80,11 @@ def test_first_run_fills_every_table(first_run):
         assert row["run_id"] == summary["run_id"]
 
     embeddings = DeltaTable(summary["tables"]["embeddings"]["path"]).to_pyarrow_table()
-    assert embeddings.num_rows == 22
+    assert embeddings.num_rows == 50
     assert all(len(v) == 384 for v in embeddings.column("embedding").to_pylist())
 
     vectors = DeltaTable(summary["tables"]["vectors"]["path"]).to_pyarrow_table().to_pylist()
-    assert len(vectors) == 22
+    assert len(vectors) == 50
     assert {r["version_id"] for r in vectors} == {summary["run_id"]}
     for row in vectors:
         assert row["dim"] == 32 and len(row["vector"]) == 32
