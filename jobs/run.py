@@ -20,7 +20,7 @@ from jobs.config import Config
 
 log = logging.getLogger(__name__)
 
-TABLE_NAMES = ("prompts", "knowledge", "embeddings", "vectors", "samples")
+TABLE_NAMES = ("prompts", "knowledge", "embeddings", "vectors", "samples", "attributes")
 
 
 def new_run_id() -> str:

@@ -61,7 +61,7 @@ def versions(out: Path) -> dict[str, int]:
 
 def test_first_run_fills_every_table(first_run):
     out, summary = first_run
-    assert set(summary["tables"]) == {"prompts", "knowledge", "embeddings", "vectors", "samples"}
+    assert set(summary["tables"]) == set(schemas.TABLES)
     for name, info in summary["tables"].items():
         table = DeltaTable(info["path"])
         assert table.version() == info["version"]
