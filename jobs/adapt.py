@@ -149,18 +149,20 @@ def entity_matrix(rows: pa.Table, kind: Tower, column: str = "embedding") -> Ent
 
 def read_vectors(
     path: Path, version: int | None = None, version_id: str | None = None
-) -> tuple[EntityMatrix, EntityMatrix]:
+) -> tuple[EntityMatrix | None, EntityMatrix | None]:
     """(user, item) vectors stored in a VECTORS table (optionally one Delta version / version id).
 
     What a downstream ranker does with frozen vectors: they are read as stored,
-    never recomputed.
+    never recomputed. A kind the table holds no vectors of is None.
     """
     rows = tables.read(path, schemas.VECTORS, version)
     if version_id is not None:
         rows = rows.filter(pc.equal(rows.column("version_id"), version_id))
     if rows.num_rows == 0:
         raise InputError(f"no vectors (version {version}, version id {version_id}) at {path}")
-    return entity_matrix(rows, "user", "vector"), entity_matrix(rows, "item", "vector")
+    kinds = set(rows.column("kind").to_pylist())
+    user, item = (entity_matrix(rows, k, "vector") if k in kinds else None for k in TOWERS)
+    return user, item
 
 
 def input_fingerprint(
@@ -211,7 +213,8 @@ def vector_rows(
     adaptor.eval()
     created_at = datetime.now(UTC)
     parts = []
-    for kind in TOWERS:
+    present = set(current.column("kind").to_pylist())
+    for kind in (k for k in TOWERS if k in present):
         matrix = entity_matrix(current, kind)
         with torch.no_grad():
             chunks = torch.split(torch.from_numpy(matrix.values), 4096)
