@@ -1,9 +1,15 @@
-"""CTR samples (Arrow, SAMPLES schema) -> tensors for DIN with optional KAR text embeddings.
+"""CTR samples (Arrow, SAMPLES schema) -> tensors: one feature pipeline for every backbone.
+
+Features per sample: the target item (id and attribute tokens such as genres and
+release decade), the recent history (ids, attribute tokens, liked/disliked), the
+user's attribute tokens (demographics), and optionally rows into per-entity KAR
+matrices (text embeddings, or frozen vectors read from a `vectors` table).
 
 Item ids get a vocabulary built from the training users only (pad 0, OOV 1), so
-items first seen in validation or test behave as they would in production. A
-validation slice of the training users (seeded, by user) chooses the epoch;
-test users are only ever scored once, at the end.
+items first seen in validation or test behave as they would in production.
+Attribute tokens describe an entity, not a label, so their vocabulary covers
+every entity. A validation slice of the training users (seeded, by user)
+chooses the epoch; test users are only ever scored once, at the end.
 """
 
 from __future__ import annotations
@@ -56,12 +62,70 @@ class EntityMatrix:
 
 
 @dataclass(frozen=True)
+class AttributeTokens:
+    """Categorical attributes of one entity kind as token ids: row i belongs to ids[i].
+
+    A token is "attribute=value"; integer values of two or more digits (ages, years)
+    become decades ("year=1990s"), so rare exact values share a token.
+    """
+
+    ids: list[str]
+    tokens: np.ndarray  # (N, K) int64 token ids, PAD after each entity's tokens
+    vocab_size: int  # including PAD
+
+    @classmethod
+    def from_table(cls, attributes: pa.Table, kind: str) -> AttributeTokens:
+        """From ATTRIBUTES rows (kind, entity_id, attribute, value) of `kind`."""
+        rows = attributes.filter(pc.equal(attributes.column("kind"), kind))
+        per_entity: dict[str, list[str]] = {}
+        for eid, attr, value in zip(
+            rows.column("entity_id").to_pylist(),
+            rows.column("attribute").to_pylist(),
+            rows.column("value").to_pylist(),
+            strict=True,
+        ):
+            per_entity.setdefault(eid, []).append(_token(attr, value))
+        vocab = {
+            t: i + 1 for i, t in enumerate(sorted({t for ts in per_entity.values() for t in ts}))
+        }
+        ids = sorted(per_entity)
+        width = max((len(set(ts)) for ts in per_entity.values()), default=1)
+        tokens = np.full((len(ids), width), PAD, dtype=np.int64)
+        for row, eid in enumerate(ids):
+            mine = sorted({vocab[t] for t in per_entity[eid]})
+            tokens[row, : len(mine)] = mine
+        return cls(ids, tokens, len(vocab) + 1)
+
+    def padded(self) -> np.ndarray:
+        """(N + 1, K) with an all-PAD row 0 for entities without attributes."""
+        return np.concatenate([np.full((1, self.tokens.shape[1]), PAD), self.tokens])
+
+    def rows(self, ids: pa.Array) -> np.ndarray:
+        """Row in `padded()` for each id: 1 + position, or 0 where the id has no attributes."""
+        pos = pc.index_in(ids, value_set=pa.array(self.ids, pa.string()))
+        return pc.fill_null(pc.add(pos, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _token(attribute: str, value: str) -> str:
+    value = value.strip()
+    if value.isdigit() and len(value) >= 2:
+        value = f"{int(value) // 10 * 10}s"
+    return f"{attribute}={value}"
+
+
+NO_ATTRIBUTES = AttributeTokens([], np.zeros((0, 1), dtype=np.int64), 1)
+
+
+@dataclass(frozen=True)
 class CTRTensors:
-    """One slice of samples; `user_row`/`item_row` index the padded embedding matrices."""
+    """One slice of samples; `user_row`/`item_row` index the padded KAR matrices."""
 
     target: torch.Tensor  # (B,) item vocab id
+    target_tokens: torch.Tensor  # (B, K_item) attribute tokens of the target item
     history: torch.Tensor  # (B, L) item vocab ids, PAD after the real entries
+    history_tokens: torch.Tensor  # (B, L, K_item) attribute tokens of the history items
     feedback: torch.Tensor  # (B, L) PAD / DISLIKED / LIKED
+    user_tokens: torch.Tensor  # (B, K_user) attribute tokens of the user
     user_row: torch.Tensor  # (B,) 0 = no user embedding
     item_row: torch.Tensor  # (B,) 0 = no item embedding
     label: torch.Tensor  # (B,) float 0/1
@@ -93,6 +157,8 @@ class CTRData:
     valid: CTRTensors
     test: CTRTensors
     n_items: int  # vocabulary size including PAD and OOV
+    n_item_tokens: int  # item attribute vocabulary size including PAD
+    n_user_tokens: int  # user attribute vocabulary size including PAD
     history_length: int
     user_matrix: torch.Tensor | None  # (N_users + 1, D_u), row 0 zero
     item_matrix: torch.Tensor | None  # (N_items + 1, D_i), row 0 zero
@@ -122,6 +188,20 @@ def split_validation(train: pa.Table, fraction: float, seed: int) -> set[str]:
         labels |= per_user[order[k]]
         k += 1
     return set(order[:k])
+
+
+def resplit(samples: pa.Table, test_fraction: float, seed: int) -> pa.Table:
+    """`samples` with a new 9:1-style user split: a seeded `test_fraction` of users is test.
+
+    Evaluation repeats the split per seed, since on ~100 test users the AUC moves
+    with the draw; comparisons are paired on one split.
+    """
+    users = sorted(set(samples.column("user_id").to_pylist()))
+    order = np.random.default_rng(seed).permutation(len(users))
+    n_test = min(max(1, round(test_fraction * len(users))), len(users) - 1)
+    test = pa.array([users[i] for i in order[:n_test]], pa.string())
+    split = pc.if_else(pc.is_in(samples.column("user_id"), value_set=test), "test", "train")
+    return samples.set_column(samples.schema.get_field_index("split"), "split", split)
 
 
 def item_vocab(samples: pa.Table) -> pa.Array:
@@ -160,21 +240,29 @@ def _tensors(
     like_threshold: float,
     users: EntityMatrix | None,
     items: EntityMatrix | None,
+    user_attrs: AttributeTokens,
+    item_attrs: AttributeTokens,
 ) -> CTRTensors:
     n = samples.num_rows
     item_ids = samples.column("item_id").combine_chunks()
+    user_ids = samples.column("user_id").combine_chunks()
     hist = samples.column("history_item_ids").combine_chunks()
     ratings = pc.list_flatten(samples.column("history_ratings").combine_chunks())
-    hist_ids = _vocab_ids(pc.list_flatten(hist), vocab)
+    flat = pc.list_flatten(hist)
+    hist_ids = _vocab_ids(flat, vocab)
     liked = np.where(ratings.to_numpy(zero_copy_only=False) > like_threshold, LIKED, DISLIKED)
+    item_tokens = item_attrs.padded()
+    # Row 0 of `padded()` is all PAD, so padded history positions get PAD tokens.
+    hist_rows = _pad_recent(hist, item_attrs.rows(flat), history_length)
     zeros = np.zeros(n, dtype=np.int64)
     return CTRTensors(
         target=torch.from_numpy(_vocab_ids(item_ids, vocab)),
+        target_tokens=torch.from_numpy(item_tokens[item_attrs.rows(item_ids)]),
         history=torch.from_numpy(_pad_recent(hist, hist_ids, history_length)),
+        history_tokens=torch.from_numpy(item_tokens[hist_rows]),
         feedback=torch.from_numpy(_pad_recent(hist, liked.astype(np.int64), history_length)),
-        user_row=torch.from_numpy(
-            users.rows(samples.column("user_id").combine_chunks()) if users else zeros
-        ),
+        user_tokens=torch.from_numpy(user_attrs.padded()[user_attrs.rows(user_ids)]),
+        user_row=torch.from_numpy(users.rows(user_ids) if users else zeros),
         item_row=torch.from_numpy(items.rows(item_ids) if items else zeros),
         label=torch.from_numpy(samples.column("label").to_numpy().astype(np.float32)),
     )
@@ -198,8 +286,13 @@ def build(
     seed: int,
     users: EntityMatrix | None = None,
     items: EntityMatrix | None = None,
+    attributes: pa.Table | None = None,
 ) -> CTRData:
-    """Split samples into fit / validation (train users) / test and encode them as tensors."""
+    """Split samples into fit / validation (train users) / test and encode them as tensors.
+
+    `users`/`items` are per-entity KAR inputs (text embeddings or frozen vectors);
+    `attributes` are ATTRIBUTES rows (none: the backbones see ids and history only).
+    """
     split = samples.column("split")
     train = samples.filter(pc.equal(split, "train"))
     test = samples.filter(pc.equal(split, "test"))
@@ -222,8 +315,13 @@ def build(
         test.num_rows,
         len(vocab),
     )
+    user_attrs = item_attrs = NO_ATTRIBUTES
+    if attributes is not None:
+        user_attrs = AttributeTokens.from_table(attributes, "user")
+        item_attrs = AttributeTokens.from_table(attributes, "item")
     parts = [
-        _tensors(p, vocab, history_length, like_threshold, users, items) for p in (fit, valid, test)
+        _tensors(p, vocab, history_length, like_threshold, users, items, user_attrs, item_attrs)
+        for p in (fit, valid, test)
     ]
     for kind, matrix, rows in (("user", users, "user_row"), ("item", items, "item_row")):
         if matrix is None:
@@ -241,6 +339,8 @@ def build(
         valid=parts[1],
         test=parts[2],
         n_items=len(vocab) + 2,
+        n_item_tokens=item_attrs.vocab_size,
+        n_user_tokens=user_attrs.vocab_size,
         history_length=history_length,
         user_matrix=users.padded() if users else None,
         item_matrix=items.padded() if items else None,

@@ -2,8 +2,8 @@
 
 A local activation unit scores each history item against the target item; the
 history is pooled with those scores (unnormalised, as in DIN, so the strength of
-interest survives) and an MLP reads [pooled, target, pooled * target] plus,
-with KAR, the adaptor's reasoning and fact vectors concatenated at the input.
+interest survives) and an MLP reads [pooled, target, pooled * target, user
+attributes] plus, with KAR, the reasoning and fact vectors concatenated at the input.
 """
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adapters.data import PAD
+from adapters.data import PAD, CTRTensors
+from adapters.features import FeatureSizes, SharedFeatures, check_kar
 from adapters.moe import mlp
 
 
 class DIN(nn.Module):
-    """Item-id DIN with liked/disliked history feedback and an optional dense KAR input."""
+    """DIN over the shared features with an optional dense KAR input."""
 
     def __init__(
         self,
-        n_items: int,
+        sizes: FeatureSizes,
         dim: int,
         kar_dim: int = 0,
         attention_hidden: int = 36,
@@ -29,12 +30,11 @@ class DIN(nn.Module):
     ) -> None:
         super().__init__()
         self.kar_dim = kar_dim
-        self.items = nn.Embedding(n_items, dim, padding_idx=PAD)
-        self.feedback = nn.Embedding(3, dim, padding_idx=PAD)  # pad, disliked, liked
+        self.features = SharedFeatures(sizes, dim)
         self.attention = nn.Sequential(
             nn.Linear(4 * dim, attention_hidden), nn.PReLU(), nn.Linear(attention_hidden, 1)
         )
-        self.mlp = mlp(3 * dim + kar_dim, list(hidden), dropout)
+        self.mlp = mlp(4 * dim + kar_dim, list(hidden), dropout)
         self.out = nn.Linear(hidden[-1], 1)
 
     def _scores(self, t: torch.Tensor, h: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -42,28 +42,16 @@ class DIN(nn.Module):
         scores = self.attention(torch.cat([h, t, h - t, h * t], dim=-1)).squeeze(-1)
         return scores.masked_fill(history == PAD, 0.0)
 
-    def attention_weights(
-        self, target: torch.Tensor, history: torch.Tensor, feedback: torch.Tensor
-    ) -> torch.Tensor:
+    def attention_weights(self, batch: CTRTensors) -> torch.Tensor:
         """(B, L) activation of each history entry for the target; exactly 0 at padding."""
-        h = self.items(history) + self.feedback(feedback)
-        return self._scores(self.items(target), h, history)
+        f = self.features
+        return self._scores(f.target(batch), f.history(batch), batch.history)
 
-    def forward(
-        self,
-        target: torch.Tensor,
-        history: torch.Tensor,
-        feedback: torch.Tensor,
-        kar: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, batch: CTRTensors, kar: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) click logits; `kar` is (B, kar_dim) when the model was built with kar_dim > 0."""
-        if (kar is None) != (self.kar_dim == 0):
-            raise ValueError(
-                f"DIN built with kar_dim={self.kar_dim} got kar="
-                f"{None if kar is None else tuple(kar.shape)}"
-            )
-        t = self.items(target)
-        h = self.items(history) + self.feedback(feedback)
-        pooled = (self._scores(t, h, history).unsqueeze(-1) * h).sum(dim=1)
-        parts = [pooled, t, pooled * t] + ([kar] if kar is not None else [])
+        check_kar(kar, self.kar_dim, "DIN")
+        t, h = self.features.target(batch), self.features.history(batch)
+        pooled = (self._scores(t, h, batch.history).unsqueeze(-1) * h).sum(dim=1)
+        parts = [pooled, t, pooled * t, self.features.user(batch)]
+        parts += [kar] if kar is not None else []
         return self.out(self.mlp(torch.cat(parts, dim=-1))).squeeze(-1)

@@ -5,6 +5,9 @@ a per-tower softmax gate on the tower's own input mixes its experts (KAR,
 arXiv 2306.10933, Sec. 3.3). The towers never see each other's input, so a
 user's vector depends only on the user's text and an item's only on the
 item's: both can be computed once and stored, then joined by any ranker.
+
+For ablations the same module builds a plain MoE (shared experts only, one gate
+per tower) and an MLP per tower (one expert, no gate), chosen by `conf.kind`.
 """
 
 from __future__ import annotations
@@ -43,24 +46,36 @@ class HybridExpertAdaptor(nn.Module):
             )
         self.conf = conf
         self.user_dim, self.item_dim = user_dim, item_dim
+        n_shared, n_dedicated = {
+            "hybrid_moe": (conf.shared_experts, conf.dedicated_experts),
+            "moe": (conf.shared_experts, 0),
+            "mlp": (0, 1),
+        }[conf.kind]
+        if n_shared and user_dim != item_dim:
+            raise ValueError(
+                f"adapt.adaptor.shared_experts={n_shared} needs user and item "
+                f"embeddings of one size, got {user_dim} and {item_dim}; encode both with the "
+                "same encoder or set adapt.adaptor.shared_experts=0"
+            )
         dims = [*conf.hidden, conf.out_dim]
-        self.shared = nn.ModuleList(
-            mlp(user_dim, dims, conf.dropout) for _ in range(conf.shared_experts)
-        )
+        self.shared = nn.ModuleList(mlp(user_dim, dims, conf.dropout) for _ in range(n_shared))
         in_dims = {"user": user_dim, "item": item_dim}
         self.dedicated = nn.ModuleDict(
             {
-                t: nn.ModuleList(
-                    mlp(in_dims[t], dims, conf.dropout) for _ in range(conf.dedicated_experts)
-                )
+                t: nn.ModuleList(mlp(in_dims[t], dims, conf.dropout) for _ in range(n_dedicated))
                 for t in TOWERS
             }
         )
-        n_experts = conf.shared_experts + conf.dedicated_experts
-        self.gate = nn.ModuleDict({t: nn.Linear(in_dims[t], n_experts) for t in TOWERS})
+        # One expert needs no gate: its weight is 1 (the MLP ablation).
+        n_experts = n_shared + n_dedicated
+        self.gate = nn.ModuleDict(
+            {t: nn.Linear(in_dims[t], n_experts) for t in TOWERS} if n_experts > 1 else {}
+        )
 
     def gate_weights(self, x: torch.Tensor, tower: Tower) -> torch.Tensor:
         """(B, shared + dedicated) mixing weights of `tower` for inputs `x`; rows sum to 1."""
+        if not self.gate:
+            return torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
         return torch.softmax(self.gate[tower](x), dim=-1)
 
     def tower(self, x: torch.Tensor, tower: Tower) -> torch.Tensor:
@@ -86,10 +101,12 @@ class HybridExpertAdaptor(nn.Module):
         """Architecture tag stored next to every exported vector."""
         c = self.conf
         hidden = "x".join(str(h) for h in c.hidden) or "none"
-        return (
-            f"hybrid_moe(shared={c.shared_experts},dedicated={c.dedicated_experts},"
-            f"hidden={hidden},out={c.out_dim})"
-        )
+        experts = {
+            "hybrid_moe": f"shared={c.shared_experts},dedicated={c.dedicated_experts},",
+            "moe": f"shared={c.shared_experts},",
+            "mlp": "",
+        }[c.kind]
+        return f"{c.kind}({experts}hidden={hidden},out={c.out_dim})"
 
     def save(self, path: Path, **metadata: str) -> None:
         """Weights plus what rebuilds the module, so new entities can be encoded later."""

@@ -1,10 +1,14 @@
-"""Train DIN with or without KAR vectors and score it on held-out users.
+"""Train a CTR backbone with or without KAR vectors and score it on held-out users.
 
-With KAR the hybrid-expert adaptor is co-trained with DIN (the paper's way):
-frozen text embeddings go through the adaptor's towers, the resulting
-reasoning and fact vectors join DIN's MLP input, and one BCE loss trains both.
-Both variants get the same seed, split and epoch budget, so their AUCs compare.
-The epoch kept is the one with the best AUC on validation users, never on test.
+KAR vectors reach a backbone in one of two ways:
+- co-trained (the paper's way): frozen text embeddings go through the adaptor's
+  towers and one BCE loss trains adaptor and backbone together;
+- frozen (what downstream teams do): vectors already exported by an adaptor
+  (read from a `vectors` table) are fixed dense inputs.
+Either way the backbone gets [user vector, item vector, has_user, has_item] for
+the towers present; a missing entity's vector is zero and its flag 0.
+Variants compared get the same seed, split and epoch budget. The epoch kept is
+the one with the best AUC on validation users, never on test users.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,43 +28,59 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adapters.data import CTRData, CTRTensors
+from adapters.dcn import DCNv2
+from adapters.deepfm import DeepFM
 from adapters.din import DIN
+from adapters.features import FeatureSizes
 from adapters.moe import HybridExpertAdaptor
-from jobs.config import AdaptConf
+from jobs.config import AdaptConf, Backbone
 
 log = logging.getLogger(__name__)
 
+KarMode = Literal["none", "cotrained", "frozen"]
+BACKBONE_NAMES: dict[str, str] = {"din": "DIN", "deepfm": "DeepFM", "dcnv2": "DCNv2"}
+
 
 class CTRModel(nn.Module):
-    """DIN, optionally fed by a HybridExpertAdaptor over fixed per-entity text embeddings."""
+    """A backbone, optionally fed KAR vectors: co-trained through an adaptor, or frozen."""
 
     def __init__(
         self,
-        din: DIN,
+        backbone: nn.Module,
         adaptor: HybridExpertAdaptor | None = None,
         user_matrix: torch.Tensor | None = None,
         item_matrix: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        if adaptor is not None and (user_matrix is None or item_matrix is None):
-            raise ValueError("a KAR model needs both user and item embedding matrices")
-        self.din = din
+        self.backbone = backbone
         self.adaptor = adaptor
         # Inputs, not weights: kept out of the state dict (and so out of checkpoints).
         self.register_buffer("user_matrix", user_matrix, persistent=False)
         self.register_buffer("item_matrix", item_matrix, persistent=False)
 
-    def kar_features(self, batch: CTRTensors) -> torch.Tensor:
-        """[reasoning vec, fact vec, has_user_text, has_item_text]; vectors zeroed without text."""
-        has_u = (batch.user_row > 0).float().unsqueeze(-1)
-        has_i = (batch.item_row > 0).float().unsqueeze(-1)
-        u = self.adaptor.user_vectors(self.user_matrix[batch.user_row]) * has_u
-        i = self.adaptor.item_vectors(self.item_matrix[batch.item_row]) * has_i
-        return torch.cat([u, i, has_u, has_i], dim=-1)
+    @property
+    def mode(self) -> KarMode:
+        if self.adaptor is not None:
+            return "cotrained"
+        return "none" if self.user_matrix is None and self.item_matrix is None else "frozen"
+
+    def _tower(self, matrix: torch.Tensor, rows: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        has = (rows > 0).float().unsqueeze(-1)
+        x = matrix[rows]
+        vec = self.adaptor.tower(x, kind) if self.adaptor is not None else x
+        return [vec * has, has]
+
+    def kar_features(self, batch: CTRTensors) -> torch.Tensor | None:
+        """[user vec, has_user] and/or [item vec, has_item]; None without KAR."""
+        parts: list[torch.Tensor] = []
+        if self.user_matrix is not None:
+            parts += self._tower(self.user_matrix, batch.user_row, "user")
+        if self.item_matrix is not None:
+            parts += self._tower(self.item_matrix, batch.item_row, "item")
+        return torch.cat(parts, dim=-1) if parts else None
 
     def forward(self, batch: CTRTensors) -> torch.Tensor:
-        kar = self.kar_features(batch) if self.adaptor is not None else None
-        return self.din(batch.target, batch.history, batch.feedback, kar)
+        return self.backbone(batch, self.kar_features(batch))
 
 
 @dataclass(frozen=True)
@@ -73,27 +94,37 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Same seed -> same initial weights and batch order for both variants."""
+    """Same seed -> same initial weights and batch order for every variant."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def build_model(data: CTRData, conf: AdaptConf, with_kar: bool) -> CTRModel:
-    if not with_kar:
-        return CTRModel(DIN(data.n_items, conf.embedding_dim, dropout=conf.adaptor.dropout))
-    if data.user_matrix is None or data.item_matrix is None:
-        raise ValueError("KAR training needs user and item text embeddings in the CTR data")
-    adaptor = HybridExpertAdaptor(
-        conf.adaptor, user_dim=data.user_matrix.shape[1], item_dim=data.item_matrix.shape[1]
-    )
-    din = DIN(
-        data.n_items,
-        conf.embedding_dim,
-        kar_dim=2 * conf.adaptor.out_dim + 2,
-        dropout=conf.adaptor.dropout,
-    )
-    return CTRModel(din, adaptor, data.user_matrix, data.item_matrix)
+def make_backbone(name: Backbone, data: CTRData, conf: AdaptConf, kar_dim: int) -> nn.Module:
+    sizes, dim = FeatureSizes.of(data), conf.embedding_dim
+    hidden, dropout = tuple(conf.dnn_hidden), conf.adaptor.dropout
+    if name == "din":
+        return DIN(sizes, dim, kar_dim=kar_dim, hidden=hidden, dropout=dropout)
+    if name == "deepfm":
+        return DeepFM(sizes, dim, kar_dim=kar_dim, hidden=hidden, dropout=dropout)
+    return DCNv2(sizes, dim, kar_dim, conf.cross_layers, hidden=hidden, dropout=dropout)
+
+
+def build_model(data: CTRData, conf: AdaptConf, kar: KarMode, backbone: Backbone) -> CTRModel:
+    """`kar`: none; cotrained (adaptor over `data`'s text matrices); frozen (matrices as-is)."""
+    users, items = data.user_matrix, data.item_matrix
+    if kar == "none":
+        return CTRModel(make_backbone(backbone, data, conf, 0))
+    if users is None and items is None:
+        raise ValueError(f"{kar} KAR training needs user or item matrices in the CTR data")
+    present = [m for m in (users, items) if m is not None]
+    if kar == "frozen":
+        kar_dim = sum(m.shape[1] + 1 for m in present)
+        return CTRModel(make_backbone(backbone, data, conf, kar_dim), None, users, items)
+    dims = [m.shape[1] for m in present]
+    adaptor = HybridExpertAdaptor(conf.adaptor, user_dim=dims[0], item_dim=dims[-1])
+    kar_dim = len(present) * (conf.adaptor.out_dim + 1)
+    return CTRModel(make_backbone(backbone, data, conf, kar_dim), adaptor, users, items)
 
 
 @torch.no_grad()
@@ -109,12 +140,20 @@ def _metrics(labels: torch.Tensor, probs: np.ndarray) -> tuple[float, float]:
     return float(roc_auc_score(y, probs)), float(log_loss(y, probs, labels=[0, 1]))
 
 
-def train_and_evaluate(data: CTRData, conf: AdaptConf, seed: int, with_kar: bool) -> TrainResult:
-    """Adam + BCE for `conf.epochs` epochs; keep the best-validation-AUC weights; score test."""
+def train_and_evaluate(
+    data: CTRData,
+    conf: AdaptConf,
+    seed: int,
+    kar: KarMode = "none",
+    backbone: Backbone | None = None,
+) -> TrainResult:
+    """Adam + BCE for up to `conf.epochs` epochs (early stop after `conf.patience` epochs
+    without a better validation AUC); keep the best-validation weights; score test once."""
     started = time.monotonic()
-    name = "DIN+KAR" if with_kar else "DIN"
+    backbone = backbone or conf.backbone
+    name = BACKBONE_NAMES[backbone] + ("" if kar == "none" else f"+KAR({kar})")
     seed_everything(seed)
-    model = build_model(data, conf, with_kar).to(conf.device)
+    model = build_model(data, conf, kar, backbone).to(conf.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
     order = torch.Generator().manual_seed(seed)
     n_batches = math.ceil(len(data.fit) / conf.batch_size)
@@ -149,6 +188,9 @@ def train_and_evaluate(data: CTRData, conf: AdaptConf, seed: int, with_kar: bool
         if valid_auc > best_auc:
             best_auc, best_epoch = valid_auc, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif conf.patience is not None and epoch - best_epoch >= conf.patience:
+            log.info("%s: no better validation AUC for %d epochs; stopping", name, conf.patience)
+            break
     model.load_state_dict(best_state)
     test_probs = predict(model, data.test, conf.batch_size, conf.device)
     auc, logloss = _metrics(data.test.label, test_probs)

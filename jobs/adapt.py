@@ -1,11 +1,18 @@
-"""adapt: train the hybrid-expert adaptor against DIN and publish reasoning / fact vectors.
+"""adapt: train the hybrid-expert adaptor against a backbone and publish reasoning / fact vectors.
 
-Reads `samples`, `knowledge` (each entity's current fingerprint = its latest
-answer, and the LLM that gave it) and `embeddings` (the text vectors of those
-answers). Trains DIN alone and DIN + adaptor on the same split, seed and epochs,
-logs both AUCs, then runs every embedded entity through its adaptor tower and
-overwrites `vectors` in one commit. If nothing the stage reads has changed since
-the last published version, it trains nothing and writes nothing.
+Reads `samples`, `attributes`, `knowledge` (each entity's current fingerprint =
+its latest answer, and the LLM that gave it) and `embeddings` (the text vectors
+of those answers). Trains the backbone (adapt.backbone, DIN by default) alone
+and with the co-trained adaptor on the same split, seed and epochs, logs both
+AUCs, then runs every embedded entity through its adaptor tower.
+
+Publish gate: when a live vectors version exists, the backbone is trained once
+with the live vectors and once with the new ones as frozen inputs (what a
+downstream ranker sees), on today's samples, split and seed. The new version
+is written (one overwrite commit) only if its held-out AUC is not worse than
+the live one's by more than adapt.gate.tolerance; otherwise the live version
+stays and the result says why. If nothing the stage reads has changed since
+the last decision, it trains nothing and writes nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ class AdaptResult:
     vectors_written: int
     skipped: bool
     seconds: float
+    # Why the vectors were or were not published (the run summary prints it).
+    gate: str = ""
+    gate_live_auc: float | None = None  # held-out AUC with the live vectors, frozen
+    gate_new_auc: float | None = None  # held-out AUC with the new vectors, frozen
 
 
 class InputError(DataError):
@@ -119,22 +130,44 @@ def current_embeddings(conf: Config) -> pa.Table:
     return joined
 
 
-def _matrix(current: pa.Table, kind: Tower) -> EntityMatrix:
-    rows = current.filter(pc.equal(current.column("kind"), kind))
+def entity_matrix(rows: pa.Table, kind: Tower, column: str = "embedding") -> EntityMatrix:
+    """`kind`'s rows of an EMBEDDINGS-like (`embedding`) or VECTORS (`vector`) table as a matrix."""
+    what = {"embedding": "embeddings of current knowledge", "vector": "vectors"}[column]
+    rows = rows.filter(pc.equal(rows.column("kind"), kind))
     if rows.num_rows == 0:
-        raise InputError(f"no {kind} embeddings of current knowledge; run kar generate and encode")
+        raise InputError(f"no {kind} {what}; run kar generate, encode and adapt")
     dims = set(rows.column("dim").to_pylist())
     if len(dims) != 1:
         raise InputError(
-            f"{kind} embeddings have mixed sizes {sorted(dims)}; re-encode every {kind} with "
+            f"{kind} {what} have mixed sizes {sorted(dims)}; re-encode every {kind} with "
             "one encoder (kar encode)"
         )
-    flat = pc.list_flatten(rows.column("embedding").combine_chunks())
+    flat = pc.list_flatten(rows.column(column).combine_chunks())
     values = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(rows.num_rows, -1)
     return EntityMatrix(rows.column("entity_id").to_pylist(), values)
 
 
-def input_fingerprint(conf: Config, samples_version: int, current: pa.Table) -> str:
+def read_vectors(
+    path: Path, version: int | None = None, version_id: str | None = None
+) -> tuple[EntityMatrix | None, EntityMatrix | None]:
+    """(user, item) vectors stored in a VECTORS table (optionally one Delta version / version id).
+
+    What a downstream ranker does with frozen vectors: they are read as stored,
+    never recomputed. A kind the table holds no vectors of is None.
+    """
+    rows = tables.read(path, schemas.VECTORS, version)
+    if version_id is not None:
+        rows = rows.filter(pc.equal(rows.column("version_id"), version_id))
+    if rows.num_rows == 0:
+        raise InputError(f"no vectors (version {version}, version id {version_id}) at {path}")
+    kinds = set(rows.column("kind").to_pylist())
+    user, item = (entity_matrix(rows, k, "vector") if k in kinds else None for k in TOWERS)
+    return user, item
+
+
+def input_fingerprint(
+    conf: Config, samples_version: int, attributes_version: int | None, current: pa.Table
+) -> str:
     """Hash of everything that changes the trained adaptor: equal hash -> nothing to redo."""
     used = sorted(
         zip(
@@ -146,6 +179,7 @@ def input_fingerprint(conf: Config, samples_version: int, current: pa.Table) -> 
     )
     payload = {
         "samples_version": samples_version,
+        "attributes_version": attributes_version,
         "entities": used,
         "encoder_models": sorted(set(current.column("encoder_model").to_pylist())),
         "adapt": conf.adapt.model_dump(mode="json"),
@@ -179,8 +213,9 @@ def vector_rows(
     adaptor.eval()
     created_at = datetime.now(UTC)
     parts = []
-    for kind in TOWERS:
-        matrix = _matrix(current, kind)
+    present = set(current.column("kind").to_pylist())
+    for kind in (k for k in TOWERS if k in present):
+        matrix = entity_matrix(current, kind)
         with torch.no_grad():
             chunks = torch.split(torch.from_numpy(matrix.values), 4096)
             vectors = torch.cat([adaptor.tower(c, kind) for c in chunks]).numpy()
@@ -218,8 +253,16 @@ def run(conf: Config, run_id: str) -> AdaptResult:
             f"samples table at {samples_path} is missing or empty; "
             "run the prepare stage first (kar prepare)"
         )
+    attributes_path = conf.table_path("attributes")
+    attributes = tables.read(attributes_path, schemas.ATTRIBUTES)
+    if attributes.num_rows == 0:
+        log.warning(
+            "no attributes table at %s: backbones see ids and history only "
+            "(rerun kar prepare to write it)",
+            attributes_path,
+        )
     current = current_embeddings(conf)
-    input_fp = input_fingerprint(conf, samples_version, current)
+    input_fp = input_fingerprint(conf, samples_version, tables.version(attributes_path), current)
     previous = _published_metrics(vectors_path, input_fp)
     if previous is not None:
         version = tables.version(vectors_path)
@@ -234,22 +277,37 @@ def run(conf: Config, run_id: str) -> AdaptResult:
             vectors_written=0,
             skipped=True,
             seconds=time.monotonic() - started,
+            gate=f"inputs unchanged since vectors version {version}",
+        )
+    rejected = _rejection(conf, input_fp)
+    if rejected is not None:
+        log.info("%s", rejected["gate"])
+        return AdaptResult(
+            **rejected,
+            vectors_version=tables.version(vectors_path),
+            vectors_written=0,
+            skipped=True,
+            seconds=time.monotonic() - started,
         )
 
-    try:
-        data = ctr_data.build(
-            samples,
-            history_length=conf.prepare.ctr_history_length,
-            like_threshold=conf.prepare.label_threshold,
-            validation_fraction=conf.adapt.validation_fraction,
-            seed=conf.run.seed,
-            users=_matrix(current, "user"),
-            items=_matrix(current, "item"),
-        )
-    except ctr_data.DataError as e:
-        raise InputError(str(e)) from e
-    without = train_and_evaluate(data, conf.adapt, conf.run.seed, with_kar=False)
-    with_kar = train_and_evaluate(data, conf.adapt, conf.run.seed, with_kar=True)
+    def build(users: EntityMatrix, items: EntityMatrix) -> ctr_data.CTRData:
+        try:
+            return ctr_data.build(
+                samples,
+                history_length=conf.prepare.ctr_history_length,
+                like_threshold=conf.prepare.label_threshold,
+                validation_fraction=conf.adapt.validation_fraction,
+                seed=conf.run.seed,
+                users=users,
+                items=items,
+                attributes=attributes if attributes.num_rows else None,
+            )
+        except ctr_data.DataError as e:
+            raise InputError(str(e)) from e
+
+    data = build(entity_matrix(current, "user"), entity_matrix(current, "item"))
+    without = train_and_evaluate(data, conf.adapt, conf.run.seed)
+    with_kar = train_and_evaluate(data, conf.adapt, conf.run.seed, kar="cotrained")
     log.info(
         "test AUC %.4f -> %.4f with KAR (%+.4f); LogLoss %.4f -> %.4f",
         without.auc,
@@ -258,17 +316,53 @@ def run(conf: Config, run_id: str) -> AdaptResult:
         without.logloss,
         with_kar.logloss,
     )
-
-    adaptor = with_kar.model.adaptor.cpu()
-    checkpoint = adaptor_checkpoint(conf, run_id)
-    adaptor.save(checkpoint, input_fingerprint=input_fp, version_id=run_id)
-    rows = vector_rows(adaptor, current, run_id, input_fp)
     metrics = {
         "auc_without": without.auc,
         "auc_with": with_kar.auc,
         "logloss_without": without.logloss,
         "logloss_with": with_kar.logloss,
     }
+
+    adaptor = with_kar.model.adaptor.cpu()
+    rows = vector_rows(adaptor, current, run_id, input_fp)
+    live_version = tables.version(vectors_path)
+    gate: dict = {"gate": "published: no live vectors version to compare with"}
+    if live_version is not None and conf.adapt.gate.enabled:
+        seed = conf.run.seed
+        live_data = build(*read_vectors(vectors_path, live_version))
+        new_data = build(
+            entity_matrix(rows, "user", "vector"), entity_matrix(rows, "item", "vector")
+        )
+        live = train_and_evaluate(live_data, conf.adapt, seed, "frozen")
+        new = train_and_evaluate(new_data, conf.adapt, seed, "frozen")
+        tolerance = conf.adapt.gate.tolerance
+        gate = {"gate_live_auc": live.auc, "gate_new_auc": new.auc}
+        if new.auc < live.auc - tolerance:
+            gate["gate"] = (
+                f"kept live vectors version {live_version}: the new vectors' held-out AUC "
+                f"{new.auc:.4f} is {live.auc - new.auc:.4f} below the live version's "
+                f"{live.auc:.4f} (adapt.gate.tolerance {tolerance})"
+            )
+            log.warning("%s", gate["gate"])
+            _remember_rejection(conf, input_fp, {**metrics, **gate})
+            return AdaptResult(
+                **metrics,
+                **gate,
+                vectors_version=live_version,
+                vectors_written=0,
+                skipped=True,
+                seconds=time.monotonic() - started,
+            )
+        gate["gate"] = (
+            f"published: held-out AUC {new.auc:.4f} with the new vectors vs {live.auc:.4f} with "
+            f"live version {live_version} (adapt.gate.tolerance {tolerance})"
+        )
+    elif live_version is not None:
+        gate["gate"] = "published: adapt.gate.enabled is false"
+    log.info("%s", gate["gate"])
+
+    checkpoint = adaptor_checkpoint(conf, run_id)
+    adaptor.save(checkpoint, input_fingerprint=input_fp, version_id=run_id)
     version = tables.overwrite(
         vectors_path,
         rows,
@@ -282,11 +376,30 @@ def run(conf: Config, run_id: str) -> AdaptResult:
     )
     return AdaptResult(
         **metrics,
+        **gate,
         vectors_version=version,
         vectors_written=rows.num_rows,
         skipped=False,
         seconds=time.monotonic() - started,
     )
+
+
+def _rejection_path(conf: Config, input_fp: str) -> Path:
+    return conf.run.output_dir / "models" / f"gate-rejected-{input_fp[:16]}.json"
+
+
+def _remember_rejection(conf: Config, input_fp: str, result: dict) -> None:
+    """So a rerun with the same inputs repeats the decision instead of retraining."""
+    path = _rejection_path(conf, input_fp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+
+
+def _rejection(conf: Config, input_fp: str) -> dict | None:
+    path = _rejection_path(conf, input_fp)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 if __name__ == "__main__":

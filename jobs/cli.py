@@ -2,6 +2,7 @@
 
     kar run --conf conf/local.yaml [section.key=value ...]
     kar prepare|generate|encode|adapt --conf conf/local.yaml [section.key=value ...]
+    kar evaluate --conf conf/local.yaml [section.key=value ...]   # quality report, no generation
     kar factors discover --domain podcasts [--out factors-podcasts.yaml]
 
 Input errors (config, data, factor files, schemas) exit with status 2 and a
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conf_args(sub.add_parser("run", help="run every stage (the weekly job)"))
     for stage in STAGES:
         _add_conf_args(sub.add_parser(stage, help=f"run the {stage} stage alone"))
+    _add_conf_args(
+        sub.add_parser(
+            "evaluate",
+            help="AUC lifts: backbones x {no KAR, co-trained, frozen} x seeds (no generation)",
+        )
+    )
     factors = sub.add_parser("factors", help="scenario factor sets")
     fsub = factors.add_subparsers(dest="factors_command", required=True)
     disc = fsub.add_parser("discover", help="ask the configured LLM for a domain's factors")
@@ -65,6 +72,11 @@ def _dispatch(args: argparse.Namespace, conf: Config) -> None:
         from jobs.run import print_summary, run
 
         print_summary(run(conf))
+    elif args.command == "evaluate":
+        from jobs import evaluate
+
+        result = evaluate.run(conf)
+        sys.stdout.write(result.pop("markdown") + json.dumps(result) + "\n")
     elif args.command in STAGES:
         sys.stdout.write(json.dumps(_stage(args.command, conf), default=str) + "\n")
     else:

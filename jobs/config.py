@@ -128,25 +128,83 @@ class EncoderConf(_Section):
     pool: PoolConf = Field(default_factory=PoolConf)
 
 
+Backbone = Literal["din", "deepfm", "dcnv2"]
+TextVariant = Literal["kar", "user_only", "item_only", "no_llm", "answer_only"]
+
+
 class AdaptorConf(_Section):
-    kind: Literal["hybrid_moe"] = "hybrid_moe"
+    """Text embeddings -> reasoning (user) / fact (item) vectors; the kinds exist for ablations.
+
+    hybrid_moe: KAR's adaptor, per-tower softmax gate over shared + dedicated experts.
+    moe: shared experts only, one gate per tower (`dedicated_experts` is not used).
+    mlp: one expert MLP per tower, no gate (`shared_experts`/`dedicated_experts` not used).
+    """
+
+    kind: Literal["hybrid_moe", "moe", "mlp"] = "hybrid_moe"
     shared_experts: int = Field(default=2, ge=0)
-    dedicated_experts: int = Field(default=5, gt=0)
+    dedicated_experts: int = Field(default=5, ge=0)
     hidden: list[int] = Field(default_factory=lambda: [128])
     out_dim: int = Field(default=32, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
+    @model_validator(mode="after")
+    def _experts_for_kind(self) -> AdaptorConf:
+        if self.kind == "hybrid_moe" and self.dedicated_experts == 0:
+            raise ValueError(
+                "kind 'hybrid_moe' needs dedicated_experts >= 1 (or use kind 'moe' for shared "
+                "experts only)"
+            )
+        if self.kind == "moe" and self.shared_experts == 0:
+            raise ValueError("kind 'moe' mixes shared experts only: set shared_experts >= 1")
+        return self
+
+
+class GateConf(_Section):
+    """Publish gate: a new vectors version must not score worse than the live one."""
+
+    enabled: bool = True
+    # Publish only if new AUC >= live AUC - tolerance (both scored on today's held-out users).
+    tolerance: float = Field(default=0.005, ge=0)
+
 
 class AdaptConf(_Section):
-    backbone: Literal["din"] = "din"
+    # The CTR model the adaptor is co-trained with in the weekly run (and the gate scores with).
+    backbone: Backbone = "din"
     adaptor: AdaptorConf = Field(default_factory=AdaptorConf)
     embedding_dim: int = Field(default=16, gt=0)
+    # Backbones' deep part (DIN's MLP, DeepFM's DNN, DCNv2's deep tower).
+    dnn_hidden: list[int] = Field(default_factory=lambda: [200, 80], min_length=1)
+    cross_layers: int = Field(default=3, gt=0)  # DCNv2
     epochs: int = Field(default=5, gt=0)
+    # Stop after this many epochs without a better validation AUC (None: run every epoch).
+    patience: int | None = Field(default=None, gt=0)
     batch_size: int = Field(default=256, gt=0)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)
     device: str = "cpu"
+    gate: GateConf = Field(default_factory=GateConf)
+
+
+class EvaluateConf(_Section):
+    """`kar evaluate`: {backbone} x {no KAR, co-trained, frozen} x seeds, plus text ablations."""
+
+    backbones: list[Backbone] = Field(default_factory=lambda: ["din", "deepfm", "dcnv2"])
+    # Each seed re-draws the 9:1 user split (prepare.test_fraction), validation slice and init.
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    # kar: user = history text + answer, item = answer (the method); user_only / item_only:
+    # one tower of kar; no_llm: user = history text, item = title, year, genres (no LLM);
+    # answer_only: user and item = the answer alone.
+    texts: list[TextVariant] = Field(
+        default_factory=lambda: ["kar", "user_only", "item_only", "no_llm", "answer_only"],
+        min_length=1,
+    )
+    # frozen: vectors exported from the DIN-co-trained adaptor, fixed inputs of other backbones.
+    modes: list[Literal["cotrained", "frozen"]] = Field(
+        default_factory=lambda: ["cotrained", "frozen"], min_length=1
+    )
+    # Report, chart and per-seed results; default <run.output_dir>/evaluate.
+    out_dir: Path | None = None
 
 
 class Config(_Section):
@@ -160,6 +218,7 @@ class Config(_Section):
     generate: PoolConf = Field(default_factory=PoolConf)
     encoder: EncoderConf = Field(default_factory=EncoderConf)
     adapt: AdaptConf = Field(default_factory=AdaptConf)
+    evaluate: EvaluateConf = Field(default_factory=EvaluateConf)
 
     def table_path(self, name: str) -> Path:
         """Where Delta table `name` lives for this run's output directory."""

@@ -14,7 +14,9 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
@@ -153,8 +155,56 @@ def entity_prompts(hist: DataFrame, raw: readers.RawData, conf: Config, fs: Fact
     )
 
 
-def samples_digest(samples: DataFrame) -> str:
-    """Order-independent content hash, so unchanged samples are not rewritten as a new version."""
+def entity_attributes(raw: readers.RawData) -> DataFrame:
+    """kind, entity_id, attribute, value: items' genres and release year, users' demographics.
+
+    The CTR backbones read these as categorical features (adapters/data.py); the
+    year comes from the title's trailing "(1995)", which is how titles carry it.
+    """
+    genres = raw.items.select(
+        F.lit("item").alias("kind"),
+        F.col("item_id").alias("entity_id"),
+        F.lit("genre").alias("attribute"),
+        F.explode("genres").alias("value"),
+    )
+    year = raw.items.select(
+        F.lit("item").alias("kind"),
+        F.col("item_id").alias("entity_id"),
+        F.lit("year").alias("attribute"),
+        F.regexp_extract("title", r"\((\d{4})\)\s*$", 1).alias("value"),
+    ).where(F.col("value") != "")
+    rows = genres.unionByName(year)
+    if raw.users is not None:
+        rows = rows.unionByName(
+            raw.users.select(
+                F.lit("user").alias("kind"),
+                F.col("user_id").alias("entity_id"),
+                F.explode("attributes").alias("attribute", "value"),
+            )
+        )
+    return rows.distinct()
+
+
+def _overwrite_if_changed(
+    path: Path, rows: DataFrame, schema: pa.Schema, digest: str, run_id: str
+) -> int | None:
+    """The table's version: a new one only when `digest` differs from the last commit's."""
+    if tables.commit_metadata(path, "digest") == digest:
+        version = tables.version(path)
+        log.info(
+            "%s unchanged (%s rows); kept version %s", path.name, digest.split(":")[0], version
+        )
+        return version
+    return tables.overwrite(
+        path,
+        to_arrow(rows, schema, path.name),
+        schema,
+        metadata={"digest": digest, "run_id": run_id},
+    )
+
+
+def content_digest(samples: DataFrame) -> str:
+    """Order-independent content hash, so unchanged rows are not rewritten as a new version."""
     row = (
         samples.select(F.xxhash64(*samples.columns).alias("h"))
         .agg(
@@ -203,23 +253,22 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     )
 
     samples_path = conf.table_path("samples")
-    digest = samples_digest(samples)
+    digest = content_digest(samples)
     n_samples = int(digest.split(":", 1)[0])
     if n_samples == 0:
         raise ValueError(
             "prepare produced no CTR samples: every user has a single interaction after "
             "sampling; raise data.sample.max_items/max_users or check the interactions file"
         )
-    if tables.commit_metadata(samples_path, "digest") == digest:
-        samples_version = tables.version(samples_path)
-        log.info("CTR samples unchanged (%d rows); kept version %s", n_samples, samples_version)
-    else:
-        samples_version = tables.overwrite(
-            samples_path,
-            to_arrow(samples, schemas.SAMPLES, "samples"),
-            schemas.SAMPLES,
-            metadata={"digest": digest, "run_id": run_id},
-        )
+    samples_version = _overwrite_if_changed(samples_path, samples, schemas.SAMPLES, digest, run_id)
+    attributes = entity_attributes(raw)
+    _overwrite_if_changed(
+        conf.table_path("attributes"),
+        attributes,
+        schemas.ATTRIBUTES,
+        content_digest(attributes),
+        run_id,
+    )
     hist.unpersist()
     samples.unpersist()
     return PrepareResult(

@@ -20,7 +20,7 @@ from jobs.config import Config
 
 log = logging.getLogger(__name__)
 
-TABLE_NAMES = ("prompts", "knowledge", "embeddings", "vectors", "samples")
+TABLE_NAMES = ("prompts", "knowledge", "embeddings", "vectors", "samples", "attributes")
 
 
 def new_run_id() -> str:
@@ -48,6 +48,7 @@ def run(conf: Config) -> dict[str, Any]:
         "output_tokens": gen.output_tokens,
         "embeddings_written": enc.encoded,
         "vectors_published": not ad.skipped,
+        "publish_gate": ad.gate,
         "tables": {name: _table_info(conf, name) for name in TABLE_NAMES},
         "auc_without": round(ad.auc_without, 4),
         "auc_with": round(ad.auc_with, 4),

@@ -99,10 +99,22 @@ SAMPLES = pa.schema(
     ]
 )
 
+# Side table of the CTR features' entity attributes (one row per value, so multi-valued
+# genres need no list type): items' genre/year, users' demographics from the users file.
+ATTRIBUTES = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("entity_id", pa.string(), nullable=False),
+        pa.field("attribute", pa.string(), nullable=False),  # e.g. genre, year, age, gender
+        pa.field("value", pa.string(), nullable=False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "knowledge": KNOWLEDGE,
     "embeddings": EMBEDDINGS,
     "vectors": VECTORS,
     "samples": SAMPLES,
+    "attributes": ATTRIBUTES,
 }

@@ -18,8 +18,10 @@ N_USERS, N_ITEMS, DIM, PER_USER = 40, 30, 384, 12
 LLM, ENCODER = "smollm2-135m-instruct", "all-MiniLM-L6-v2"
 
 
-def write_inputs(conf) -> dict[tuple[str, str], np.ndarray]:
+def write_inputs(conf, genres: dict | None = None) -> dict[tuple[str, str], np.ndarray]:
     """samples, knowledge and embeddings tables; returns each current entity's embedding.
+
+    `genres`, if given, receives each entity's hidden genre (what the labels follow).
 
     Item i0 has an older answer (and its embedding) before the current one; item
     i29's latest answer has no embedding yet, so i29 must get no vector.
@@ -30,6 +32,9 @@ def write_inputs(conf) -> dict[tuple[str, str], np.ndarray]:
     emb = {("user", f"u{u}"): taste[user_genre[u]] for u in range(N_USERS)}
     emb |= {("item", f"i{i}"): taste[item_genre[i]] for i in range(N_ITEMS)}
     emb = {k: v + rng.standard_normal(DIM).astype(np.float32) for k, v in emb.items()}
+    if genres is not None:
+        genres |= {("user", f"u{u}"): g for u, g in enumerate(user_genre)}
+        genres |= {("item", f"i{i}"): g for i, g in enumerate(item_genre)}
 
     samples = []
     for u in range(N_USERS):
@@ -147,8 +152,10 @@ def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config):
         first.logloss_with,
     )
 
-    retrained = adapt.run(make_config("adapt.epochs=2"), "run-3")
+    # A changed config retrains; the gate is opened wide so the new version publishes.
+    retrained = adapt.run(make_config("adapt.epochs=2", "adapt.gate.tolerance=1.0"), "run-3")
     assert not retrained.skipped and retrained.vectors_version == 1
+    assert retrained.gate.startswith("published: held-out AUC")
     assert set(tables.read(path, schemas.VECTORS).column("version_id").to_pylist()) == {"run-3"}
 
 
@@ -163,3 +170,70 @@ def test_adapt_names_the_missing_stage(make_config):
     with pytest.raises(adapt.InputError, match="kar encode"):
         adapt.run(conf, "r")
     assert tables.version(conf.table_path("vectors")) is None
+
+
+def write_live_vectors(conf, values: dict[tuple[str, str], np.ndarray]) -> int:
+    """A live vectors version as another run would have published it."""
+    rows = [
+        {
+            "version_id": "live",
+            "kind": kind,
+            "entity_id": eid,
+            "dim": len(vec),
+            "vector": vec.tolist(),
+            "fingerprint": f"fp-{eid}",
+            "llm_model": LLM,
+            "encoder_model": ENCODER,
+            "adaptor": "test",
+            "input_fingerprint": "live-inputs",
+            "created_at": T1,
+        }
+        for (kind, eid), vec in values.items()
+    ]
+    path = conf.table_path("vectors")
+    return tables.overwrite(
+        path, pa.Table.from_pylist(rows, schema=schemas.VECTORS), schemas.VECTORS
+    )
+
+
+def test_gate_keeps_a_better_live_version_and_remembers_why(make_config):
+    conf = make_config("adapt.epochs=8", "adapt.gate.tolerance=0.01")
+    genres: dict = {}
+    current = write_inputs(conf, genres)
+    # Live vectors carry the hidden genre (what the labels follow) as a clean one-hot.
+    live = {k: np.eye(4, dtype=np.float32)[genres[k]] for k in current}
+    live_version = write_live_vectors(conf, live)
+    # Today's embeddings are pure noise: a new version cannot be as good.
+    emb = tables.read(conf.table_path("embeddings"), schemas.EMBEDDINGS)
+    rng = np.random.default_rng(1)
+    noise = [rng.standard_normal(DIM).astype(np.float32).tolist() for _ in range(emb.num_rows)]
+    emb = emb.set_column(5, schemas.EMBEDDINGS.field("embedding"), pa.array(noise, schemas.VECTOR))
+    tables.overwrite(conf.table_path("embeddings"), emb, schemas.EMBEDDINGS)
+
+    result = adapt.run(conf, "run-1")
+    assert result.skipped and result.vectors_written == 0
+    assert result.vectors_version == live_version == tables.version(conf.table_path("vectors"))
+    assert result.gate_new_auc < result.gate_live_auc - 0.01
+    assert result.gate.startswith(f"kept live vectors version {live_version}")
+    assert "adapt.gate.tolerance 0.01" in result.gate
+    stored = tables.read(conf.table_path("vectors"), schemas.VECTORS)
+    assert set(stored.column("version_id").to_pylist()) == {"live"}
+
+    again = adapt.run(conf, "run-2")  # same inputs: the decision is repeated, not retrained
+    assert again.gate == result.gate and again.seconds < result.seconds / 3
+    assert tables.version(conf.table_path("vectors")) == live_version
+
+
+def test_read_vectors_returns_exactly_the_stored_values(make_config):
+    conf = make_config()
+    rng = np.random.default_rng(2)
+    values = {("user", f"u{u}"): rng.standard_normal(6).astype(np.float32) for u in range(5)}
+    values |= {("item", f"i{i}"): rng.standard_normal(6).astype(np.float32) for i in range(3)}
+    write_live_vectors(conf, values)
+    users, items = adapt.read_vectors(conf.table_path("vectors"), version_id="live")
+    for matrix, kind in ((users, "user"), (items, "item")):
+        for eid, row in zip(matrix.ids, matrix.values, strict=True):
+            assert np.array_equal(row, values[(kind, eid)])
+    assert len(users.ids) == 5 and len(items.ids) == 3
+    with pytest.raises(adapt.InputError, match="version id nope"):
+        adapt.read_vectors(conf.table_path("vectors"), version_id="nope")

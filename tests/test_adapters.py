@@ -8,25 +8,38 @@ import pytest
 import torch
 
 from adapters import data as ctr_data
-from adapters.data import OOV, PAD, EntityMatrix
+from adapters.data import DISLIKED, LIKED, OOV, PAD, AttributeTokens, CTRTensors, EntityMatrix
+from adapters.dcn import DCNv2
+from adapters.deepfm import DeepFM
 from adapters.din import DIN
+from adapters.features import FeatureSizes
 from adapters.moe import HybridExpertAdaptor
 from adapters.train import train_and_evaluate
 from jobs import schemas
 from jobs.config import AdaptConf, AdaptorConf
 
 
-def adaptor(shared: int = 2, dedicated: int = 5, dim: int = 384) -> HybridExpertAdaptor:
+def adaptor(
+    shared: int = 2, dedicated: int = 5, dim: int = 384, kind: str = "hybrid_moe"
+) -> HybridExpertAdaptor:
     conf = AdaptorConf(
-        shared_experts=shared, dedicated_experts=dedicated, hidden=[128], out_dim=32, dropout=0.1
+        kind=kind,
+        shared_experts=shared,
+        dedicated_experts=dedicated,
+        hidden=[128],
+        out_dim=32,
+        dropout=0.1,
     )
     return HybridExpertAdaptor(conf, user_dim=dim, item_dim=dim).eval()
 
 
-@pytest.mark.parametrize("shared", [2, 0])
-def test_adaptor_towers_shapes_and_softmax_gates(shared):
+@pytest.mark.parametrize(
+    ("kind", "shared", "n_shared", "n_dedicated"),
+    [("hybrid_moe", 2, 2, 5), ("hybrid_moe", 0, 0, 5), ("moe", 3, 3, 0), ("mlp", 2, 0, 1)],
+)
+def test_adaptor_kinds_shapes_and_softmax_gates(kind, shared, n_shared, n_dedicated):
     torch.manual_seed(0)
-    moe = adaptor(shared=shared)
+    moe = adaptor(shared=shared, kind=kind)
     u, i = torch.randn(8, 384), torch.randn(8, 384)
     user_vec, item_vec = moe(u, i)
     assert user_vec.shape == item_vec.shape == (8, 32)
@@ -34,11 +47,24 @@ def test_adaptor_towers_shapes_and_softmax_gates(shared):
     assert torch.equal(moe.item_vectors(i), item_vec)
     for tower, x in (("user", u), ("item", i)):
         gates = moe.gate_weights(x, tower)
-        assert gates.shape == (8, shared + 5)
+        assert gates.shape == (8, n_shared + n_dedicated)
         assert (gates >= 0).all()
         torch.testing.assert_close(gates.sum(dim=-1), torch.ones(8))
-    assert len(moe.shared) == shared
-    assert len(moe.dedicated["user"]) == len(moe.dedicated["item"]) == 5
+    assert len(moe.shared) == n_shared
+    assert len(moe.dedicated["user"]) == len(moe.dedicated["item"]) == n_dedicated
+    # The gate input is the tower's own text: different texts get different mixtures.
+    if n_shared + n_dedicated > 1:
+        gates = moe.gate_weights(u, "user")
+        assert not torch.allclose(gates[0], gates[1])
+
+
+def test_adaptor_kinds_are_validated_and_described():
+    with pytest.raises(ValueError, match="shared_experts >= 1"):
+        AdaptorConf(kind="moe", shared_experts=0)
+    with pytest.raises(ValueError, match="dedicated_experts >= 1"):
+        AdaptorConf(kind="hybrid_moe", dedicated_experts=0)
+    assert adaptor(kind="moe").describe() == "moe(shared=2,hidden=128,out=32)"
+    assert adaptor(kind="mlp").describe() == "mlp(hidden=128,out=32)"
 
 
 def test_user_vector_depends_only_on_user_text():
@@ -70,29 +96,83 @@ def test_adaptor_checkpoint_round_trip(tmp_path):
     )
 
 
-def test_din_shapes_with_and_without_kar():
+SIZES = FeatureSizes(n_items=10, n_item_tokens=6, n_user_tokens=5)
+
+
+def batch(history: torch.Tensor, feedback: torch.Tensor, target: torch.Tensor) -> CTRTensors:
+    """Hand-made tensors: items carry tokens (id % 5) + 1, users tokens 1 and 2 (or none)."""
+    b, length = history.shape
+    item_tokens = torch.where(history != PAD, history % 5 + 1, PAD).unsqueeze(-1)
+    return CTRTensors(
+        target=target,
+        target_tokens=(target % 5 + 1).unsqueeze(-1),
+        history=history,
+        history_tokens=item_tokens,
+        feedback=feedback,
+        user_tokens=torch.tensor([[1, 2]] * (b - 1) + [[PAD, PAD]]),
+        user_row=torch.zeros(b, dtype=torch.long),
+        item_row=torch.zeros(b, dtype=torch.long),
+        label=torch.zeros(b),
+    )
+
+
+def backbones(kar_dim: int) -> list[torch.nn.Module]:
+    return [
+        DIN(SIZES, 8, kar_dim=kar_dim),
+        DeepFM(SIZES, 8, kar_dim=kar_dim),
+        DCNv2(SIZES, 8, kar_dim=kar_dim, cross_layers=2),
+    ]
+
+
+def test_backbones_shapes_with_and_without_kar():
     torch.manual_seed(0)
-    target = torch.tensor([2, 3, OOV])
     history = torch.tensor([[2, 4, PAD], [5, PAD, PAD], [PAD, PAD, PAD]])
-    feedback = (history != PAD).long() * 2
-    assert DIN(10, 8)(target, history, feedback).shape == (3,)
-    kar_din = DIN(10, 8, kar_dim=66)
-    assert kar_din(target, history, feedback, torch.randn(3, 66)).shape == (3,)
-    with pytest.raises(ValueError, match="kar_dim=66"):
-        kar_din(target, history, feedback)
+    b = batch(history, (history != PAD).long() * LIKED, torch.tensor([2, 3, OOV]))
+    for model in backbones(0):
+        assert model(b).shape == (3,)
+    for model in backbones(66):
+        out = model(b, torch.randn(3, 66))
+        assert out.shape == (3,) and torch.isfinite(out).all()
+        with pytest.raises(ValueError, match="kar_dim=66"):
+            model(b)
+        with pytest.raises(ValueError, match="kar_dim=66"):
+            model(b, torch.randn(3, 65))
 
 
-def test_din_ignores_padding():
+def test_backbones_ignore_padding():
     torch.manual_seed(0)
-    din = DIN(10, 8).eval()
     target = torch.tensor([3, 4])
     short = torch.tensor([[2, 5], [6, 7]])
     padded = torch.cat([short, torch.full((2, 3), PAD)], dim=1)
-    fb_short = torch.tensor([[1, 2], [2, 2]])
+    fb_short = torch.tensor([[DISLIKED, LIKED], [LIKED, LIKED]])
     fb_padded = torch.cat([fb_short, torch.zeros(2, 3, dtype=torch.long)], dim=1)
-    weights = din.attention_weights(target, padded, fb_padded)
+    din = backbones(0)[0].eval()
+    weights = din.attention_weights(batch(padded, fb_padded, target))
     assert (weights[:, 2:] == 0).all() and (weights[:, :2] != 0).all()
-    torch.testing.assert_close(din(target, padded, fb_padded), din(target, short, fb_short))
+    for model in backbones(0):
+        model.eval()
+        torch.testing.assert_close(
+            model(batch(padded, fb_padded, target)), model(batch(short, fb_short, target))
+        )
+
+
+def test_attribute_tokens_bucket_numbers_and_pad():
+    rows = pa.table(
+        {
+            "kind": ["item"] * 4 + ["user"],
+            "entity_id": ["i1", "i1", "i1", "i2", "u1"],
+            "attribute": ["genre", "genre", "year", "year", "age"],
+            "value": ["Drama", "Comedy", "1995", "1991", "24"],
+        }
+    )
+    items = AttributeTokens.from_table(rows, "item")
+    # Vocabulary: PAD, genre=Comedy, genre=Drama, year=1990s.
+    assert items.ids == ["i1", "i2"] and items.vocab_size == 4
+    assert items.tokens.tolist() == [[1, 2, 3], [3, PAD, PAD]]
+    assert items.rows(pa.array(["i2", "nope", "i1"])).tolist() == [2, 0, 1]
+    assert items.padded()[0].tolist() == [PAD] * 3
+    users = AttributeTokens.from_table(rows, "user")
+    assert users.tokens.tolist() == [[1]] and users.vocab_size == 2
 
 
 def synthetic(
@@ -153,14 +233,28 @@ def test_build_splits_by_user_and_encodes_histories():
     valid_users = ctr_data.split_validation(train, 0.1, 7)
     assert len(valid_users) == 12 and not any(int(u[1:]) % 5 == 0 for u in valid_users)
     assert data.fit.history.shape[1] == 4 and data.n_items == 42
+    assert data.n_item_tokens == data.n_user_tokens == 1  # no attributes given
     # The last sample has 10 earlier interactions: the 4 most recent are kept, in order.
     last = samples.slice(samples.num_rows - 1, 1)
     vocab = ctr_data.item_vocab(samples)
-    encoded = ctr_data._tensors(last, vocab, 4, 3.0, users, items)
     tail = last.column("history_item_ids")[0].as_py()[-4:]
+    attrs = pa.table(
+        {
+            "kind": ["item", "item", "user"],
+            "entity_id": [tail[-1], tail[-1], last["user_id"][0].as_py()],
+            "attribute": ["genre", "year", "gender"],
+            "value": ["Drama", "1977", "F"],
+        }
+    )
+    item_attrs = AttributeTokens.from_table(attrs, "item")
+    user_attrs = AttributeTokens.from_table(attrs, "user")
+    encoded = ctr_data._tensors(last, vocab, 4, 3.0, users, items, user_attrs, item_attrs)
     assert encoded.history[0].tolist() == [vocab.to_pylist().index(i) + 2 for i in tail]
     liked = [2 if r > 3 else 1 for r in last.column("history_ratings")[0].as_py()[-4:]]
     assert encoded.feedback[0].tolist() == liked
+    # Only the newest history item has attributes; the user has one token.
+    assert encoded.history_tokens[0].tolist() == [[PAD, PAD]] * 3 + [[1, 2]]
+    assert encoded.user_tokens[0].tolist() == [1]
     assert data.user_matrix.shape == (150, 24) and (data.user_matrix[0] == 0).all()
     no_text = sum(int((p.user_row == 0).sum()) for p in (data.fit, data.valid, data.test))
     assert no_text == 8  # u0's samples
@@ -208,19 +302,22 @@ def test_validation_slice_grows_in_seeded_order_until_it_has_both_labels():
     assert len(ctr_data.split_validation(labelled({f"u{i}": [0] for i in range(5)}), 0.1, 0)) == 4
 
 
-def test_din_learns_item_quality():
+@pytest.mark.parametrize("backbone", ["din", "deepfm", "dcnv2"])
+def test_backbone_learns_item_quality(backbone):
     samples, _, _ = synthetic(quality=0.5, taste=0.0)
-    result = train_and_evaluate(build(samples, None, None), AdaptConf(epochs=4, lr=3e-3), 3, False)
+    conf = AdaptConf(epochs=4, lr=3e-3, patience=2)
+    result = train_and_evaluate(build(samples, None, None), conf, 3, backbone=backbone)
     assert result.auc > 0.65
-    assert result.model.adaptor is None and 1 <= result.best_epoch <= 4
+    assert result.model.mode == "none" and 1 <= result.best_epoch <= 4
 
 
 def test_cotrained_adaptor_reads_taste_from_text_that_din_cannot_see():
     samples, users, items = synthetic(quality=0.0, taste=0.8, n_users=300)
     data = build(samples, users, items)
     conf = AdaptConf(epochs=15, batch_size=64, lr=3e-3)
-    without = train_and_evaluate(data, conf, seed=3, with_kar=False)
-    with_kar = train_and_evaluate(data, conf, seed=3, with_kar=True)
+    without = train_and_evaluate(data, conf, seed=3)
+    with_kar = train_and_evaluate(data, conf, seed=3, kar="cotrained")
+    assert with_kar.model.mode == "cotrained"
     assert with_kar.auc > 0.75
     assert with_kar.auc > without.auc + 0.1
     assert with_kar.logloss < without.logloss

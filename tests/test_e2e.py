@@ -61,7 +61,7 @@ def versions(out: Path) -> dict[str, int]:
 
 def test_first_run_fills_every_table(first_run):
     out, summary = first_run
-    assert set(summary["tables"]) == {"prompts", "knowledge", "embeddings", "vectors", "samples"}
+    assert set(summary["tables"]) == set(schemas.TABLES)
     for name, info in summary["tables"].items():
         table = DeltaTable(info["path"])
         assert table.version() == info["version"]
@@ -122,3 +122,42 @@ def test_corrupted_interactions_fail_with_file_and_line(first_run, ml100k, tmp_p
     assert str(inter) in proc.stderr and "line 42" in proc.stderr and "rating" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert versions(out) == before
+
+
+def test_evaluate_reuses_the_knowledge_and_reports_paired_lifts(first_run, ml100k):
+    """`kar evaluate` on the first run's tables: every row and ablation, no generation."""
+    out, _ = first_run
+    before = versions(out)
+    report_dir = out.parent / "report"
+    args = [
+        KAR,
+        "evaluate",
+        "--conf",
+        str(ROOT / "conf" / "local.yaml"),
+        f"run.output_dir={out}",
+        f"run.cache_dir={ROOT / '.cache' / 'kar'}",
+        f"data.path={ml100k}",
+        *SLICE,
+        "evaluate.seeds=[1,2]",
+        f"evaluate.out_dir={report_dir}",
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert result["skipped"] == {}
+    # Per seed: 3 baselines + 5 text variants x (3 co-trained + 2 frozen) = 28 trainings.
+    assert result["runs"] == 2 * 28
+    runs = json.loads(Path(result["results"]).read_text())["runs"]
+    assert {(r["backbone"], r["mode"]) for r in runs} == {
+        (b, m) for b in ("din", "deepfm", "dcnv2") for m in ("none", "cotrained")
+    } | {("deepfm", "frozen"), ("dcnv2", "frozen")}
+    assert all(0 < r["auc"] < 1 and r["logloss"] > 0 for r in runs)
+    report = Path(result["report"]).read_text()
+    assert report in proc.stdout
+    assert "| DIN | cotrained | KAR: history + answer / answer |" in report
+    assert "| DCNv2 | frozen | no LLM: history / title, year, genres |" in report
+    assert "LLM answers for 30/30 users and 20/20 items" in report
+    assert Path(result["chart"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Nothing was generated and no weekly table moved; frozen vectors went to evaluate's own table.
+    assert versions(out) == before
+    assert DeltaTable(str(out / "evaluate" / "tables" / "vectors")).version() == 2 * 5 - 1

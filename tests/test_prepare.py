@@ -115,6 +115,20 @@ def test_fingerprint_changes_only_with_inputs(raw, make_config, spark):
     assert {k for k in base if changed[k] != base[k]} == {("user", "u1")}
 
 
+def test_attributes_hold_genres_year_and_demographics(raw):
+    rows = {
+        (r["kind"], r["entity_id"], r["attribute"], r["value"])
+        for r in prepare.entity_attributes(raw).collect()
+    }
+    assert ("item", "i3", "genre", "Drama") in rows and ("item", "i3", "year", "1995") in rows
+    assert {r for r in rows if r[0] == "user"} == {
+        ("user", "u1", "age", "24"),
+        ("user", "u1", "gender", "M"),
+        ("user", "u1", "occupation", "technician"),
+    }
+    assert len(rows) == 70 * 2 + 3
+
+
 def test_run_writes_only_changed_prompts_and_unchanged_samples_once(spark, ml100k, make_config):
     conf = make_config("data.sample.max_items=20", "data.sample.max_users=15")
     first = prepare.run(conf, "r1", spark)
@@ -143,6 +157,10 @@ def test_run_writes_only_changed_prompts_and_unchanged_samples_once(spark, ml100
     second = prepare.run(conf, "r2", spark)
     assert second.prompts_pending == 32
     assert second.samples_version == first.samples_version  # same samples: no new version
+    assert tables.version(conf.table_path("attributes")) == 0  # unchanged: not rewritten
+    attrs = tables.read(conf.table_path("attributes"), schemas.ATTRIBUTES)
+    assert set(attrs.column("kind").to_pylist()) == {"user", "item"}
+    assert len(set(attrs.filter(pa.compute.equal(attrs["kind"], "item"))["entity_id"])) == 20
     samples = tables.read(conf.table_path("samples"), schemas.SAMPLES)
     assert samples.num_rows == first.samples
     assert set(samples.column("split").to_pylist()) == {"train", "test"}

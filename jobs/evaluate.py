@@ -1,0 +1,464 @@
+"""evaluate: does the knowledge help ranking? {backbone} x {no KAR, co-trained, frozen} x seeds.
+
+Reads the tables a weekly run left behind (`samples`, `attributes`, `knowledge`,
+`prompts`); it never generates: answers come from the cached `knowledge` table.
+Per seed the users are split 9:1 again (prepare.test_fraction), a validation
+slice of the training users picks the epoch, and every row of that seed shares
+the split, initial seed and epoch budget, so lifts are paired:
+
+- no KAR: each backbone on the shared features alone (the baseline of its lifts);
+- co-trained: adaptor (adapt.adaptor) + backbone, one loss (the paper's way);
+- frozen: vectors exported from the DIN-co-trained adaptor of the same seed and
+  text variant, written to a VECTORS Delta table and read back as fixed dense
+  inputs of the other backbones (what downstream teams do).
+
+Text variants (evaluate.texts), encoded with the configured sentence encoder:
+kar (user = the prompt's history part + answer, item = answer), user_only and
+item_only (one tower of kar), no_llm (user = history part, item = title with
+year + genres: no LLM at all) and answer_only (the answers alone). A variant
+whose texts need answers that `knowledge` lacks is skipped and the report says
+so. Outputs: report.md (mean ± std AUC / LogLoss and per-seed paired lifts),
+lift.png, results.json (every training run) under evaluate.out_dir; the encoder
+cache and the exported vectors under <run.output_dir>/evaluate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from adapters import data as ctr_data
+from adapters.data import EntityMatrix
+from adapters.moe import TOWERS, Tower
+from adapters.train import BACKBONE_NAMES, CTRModel, KarMode, TrainResult, train_and_evaluate
+from encoders.inputs import encoder_input
+from jobs import schemas, tables
+from jobs.adapt import InputError, read_vectors, vector_rows
+from jobs.config import Backbone, Config
+
+log = logging.getLogger(__name__)
+
+# What each tower reads per text variant (None: the variant has no such tower).
+# history = the prompt's entity part (user: demographics + rated titles),
+# answer = the LLM's answer, metadata = item title with year + genres.
+SOURCES: dict[str, dict[Tower, str]] = {
+    "kar": {"user": "history+answer", "item": "answer"},
+    "user_only": {"user": "history+answer"},
+    "item_only": {"item": "answer"},
+    "no_llm": {"user": "history", "item": "metadata"},
+    "answer_only": {"user": "answer", "item": "answer"},
+}
+TEXT_LABELS = {
+    "kar": "KAR: history + answer / answer",
+    "user_only": "user text only (history + answer)",
+    "item_only": "item text only (answer)",
+    "no_llm": "no LLM: history / title, year, genres",
+    "answer_only": "answer only / answer",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained model: its backbone, KAR text variant and mode, seed and test scores."""
+
+    seed: int
+    backbone: str
+    text: str  # a TextVariant, or "none"
+    mode: str  # KarMode
+    auc: float
+    logloss: float
+    best_epoch: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EntityTexts:
+    """Per kind: entity id -> {"history": ..., "answer": ..., "metadata": ...} (what exists)."""
+
+    by_kind: dict[str, dict[str, dict[str, str]]]
+    llm_models: set[str]
+
+    def texts(self, kind: Tower, source: str) -> tuple[list[str], list[str], int]:
+        """(ids, texts, total): entities that have every part `source` needs, and of how many."""
+        parts = source.split("+")
+        entities = self.by_kind.get(kind, {})
+        ids = sorted(e for e, t in entities.items() if all(p in t for p in parts))
+        if source == "history+answer":
+            texts = [
+                encoder_input("user", entities[e]["history"], entities[e]["answer"]) for e in ids
+            ]
+        else:
+            texts = [entities[e][source] for e in ids]
+        return ids, texts, len(entities)
+
+
+def _latest_knowledge(conf: Config) -> pa.Table:
+    know = tables.open_table(conf.table_path("knowledge"))
+    cols = ["kind", "entity_id", "context", "text", "model_id", "generated_at", "fingerprint"]
+    if know is None:
+        return pa.table({c: pa.array([], pa.string()) for c in cols[:5]})
+    rows = know.to_pyarrow_table(columns=cols).sort_by(
+        [("generated_at", "descending"), ("fingerprint", "descending")]
+    )
+    rows = rows.append_column("_row", pa.array(np.arange(rows.num_rows)))
+    first = rows.group_by(["kind", "entity_id"], use_threads=False).aggregate([("_row", "min")])
+    return rows.take(first.column("_row_min")).select(cols[:5])
+
+
+def entity_texts(conf: Config, attributes: pa.Table) -> EntityTexts:
+    """History parts (prompts, else knowledge), answers (knowledge), item metadata.
+
+    `prompts` holds the entities whose inputs changed at the last prepare, so its
+    context is the newest; the others' current context is their knowledge's.
+    """
+    by_kind: dict[str, dict[str, dict[str, str]]] = {k: {} for k in TOWERS}
+    know = _latest_knowledge(conf)
+    for kind, eid, context, text in zip(
+        *(know.column(c).to_pylist() for c in ("kind", "entity_id", "context", "text")),
+        strict=True,
+    ):
+        by_kind[kind][eid] = {"history": context, "answer": text}
+    prompts = tables.read(conf.table_path("prompts"), schemas.PROMPTS)
+    for kind, eid, context in zip(
+        *(prompts.column(c).to_pylist() for c in ("kind", "entity_id", "context")), strict=True
+    ):
+        by_kind[kind].setdefault(eid, {})["history"] = context
+    genres: dict[str, list[str]] = {}
+    for kind, eid, attr, value in zip(
+        *(attributes.column(c).to_pylist() for c in ("kind", "entity_id", "attribute", "value")),
+        strict=True,
+    ):
+        if kind == "item" and attr == "genre":
+            genres.setdefault(eid, []).append(value)
+    for eid, parts in by_kind["item"].items():
+        if "history" in parts:  # the item part of the prompt: "Movie: <title> (<year>)"
+            listed = ", ".join(sorted(genres.get(eid, []))) or "unknown"
+            parts["metadata"] = f"{parts['history']}. Genres: {listed}."
+    return EntityTexts(by_kind, set(know.column("model_id").to_pylist()))
+
+
+class CachedEncoder:
+    """The configured sentence encoder, loaded on first use; vectors cached on disk by text."""
+
+    def __init__(self, conf: Config, cache_dir: Path) -> None:
+        self.conf, self.cache_dir = conf, cache_dir
+        self._encoder = None
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        key = hashlib.sha256(
+            "\x00".join([self.conf.encoder.model, *texts]).encode("utf-8")
+        ).hexdigest()[:24]
+        path = self.cache_dir / f"{key}.npy"
+        if path.is_file():
+            return np.load(path)
+        if self._encoder is None:
+            from encoders.sentence import SentenceEncoder, resolve_encoder
+
+            enc = self.conf.encoder
+            self._encoder = SentenceEncoder(
+                resolve_encoder(enc.model), device=enc.device, batch_size=enc.batch_size
+            )
+        started = time.monotonic()
+        vectors = self._encoder.encode(texts)
+        log.info("encoded %d texts in %.1f s", len(texts), time.monotonic() - started)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, vectors)
+        tmp.replace(path)
+        return vectors
+
+
+def text_matrices(
+    texts: EntityTexts, variant: str, encode: Callable[[list[str]], np.ndarray]
+) -> tuple[dict[Tower, EntityMatrix], list[str]]:
+    """The variant's text embeddings per tower, and why it cannot run (empty list: it can)."""
+    matrices: dict[Tower, EntityMatrix] = {}
+    problems = []
+    for kind, source in SOURCES[variant].items():
+        ids, strings, total = texts.texts(kind, source)
+        if not ids:
+            problems.append(f"no {kind} has a {source} text (run kar generate for answers)")
+            continue
+        if len(ids) < total:
+            log.warning("%s: %d of %d %ss have a %s text", variant, len(ids), total, kind, source)
+        matrices[kind] = EntityMatrix(ids, encode(strings))
+    return matrices, problems
+
+
+def _frozen_vectors(
+    result_model: CTRModel,
+    matrices: dict[Tower, EntityMatrix],
+    path: Path,
+    version_id: str,
+    llm: str,
+    enc: str,
+) -> tuple[EntityMatrix | None, EntityMatrix | None]:
+    """Export the co-trained adaptor's vectors to a VECTORS table and read them back as stored."""
+    parts = []
+    for kind, m in matrices.items():
+        n = len(m.ids)
+        parts.append(
+            pa.table(
+                {
+                    "kind": [kind] * n,
+                    "entity_id": m.ids,
+                    "fingerprint": [version_id] * n,
+                    "llm_model": [llm] * n,
+                    "encoder_model": [enc] * n,
+                    "dim": pa.array([m.dim] * n, pa.int32()),
+                    "embedding": pa.array(list(m.values), schemas.VECTOR),
+                }
+            )
+        )
+    rows = vector_rows(result_model.adaptor.cpu(), pa.concat_tables(parts), version_id, version_id)
+    version = tables.overwrite(path, rows, schemas.VECTORS, metadata={"version_id": version_id})
+    return read_vectors(path, version, version_id)
+
+
+def run(conf: Config) -> dict:
+    """Train every configured row for every seed; write report.md, lift.png, results.json."""
+    started = time.monotonic()
+    ev = conf.evaluate
+    work_dir = conf.run.output_dir / "evaluate"  # encoder cache and exported vectors
+    out_dir = ev.out_dir or work_dir
+    samples = tables.read(conf.table_path("samples"), schemas.SAMPLES)
+    if samples.num_rows == 0:
+        raise InputError(
+            f"samples table at {conf.table_path('samples')} is missing or empty; "
+            "run kar prepare first"
+        )
+    attributes = tables.read(conf.table_path("attributes"), schemas.ATTRIBUTES)
+    texts = entity_texts(conf, attributes)
+    encode = CachedEncoder(conf, work_dir / "cache")
+    llm = ",".join(sorted(texts.llm_models)) or "none"
+
+    variants: dict[str, dict[Tower, EntityMatrix]] = {}
+    skipped: dict[str, str] = {}
+    for variant in ev.texts:
+        matrices, problems = text_matrices(texts, variant, encode)
+        if problems:
+            skipped[variant] = "; ".join(problems)
+            log.warning("skipping text variant %s: %s", variant, skipped[variant])
+        else:
+            variants[variant] = matrices
+
+    runs: list[Run] = []
+    for seed in tqdm(ev.seeds, desc="evaluate seeds", unit="seed"):
+        runs += evaluate_seed(conf, seed, samples, attributes, variants, llm, work_dir)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = render_report(conf, runs, skipped, texts)
+    (out_dir / "report.md").write_text(report)
+    (out_dir / "results.json").write_text(
+        json.dumps({"runs": [asdict(r) for r in runs], "skipped": skipped}, indent=1)
+    )
+    chart = out_dir / "lift.png"
+    plot_lifts(summarize(runs), chart, title=f"AUC lift over each backbone, {len(ev.seeds)} seeds")
+    seconds = time.monotonic() - started
+    log.info("evaluate: %d training runs in %.0f s; report %s", len(runs), seconds, out_dir)
+    return {
+        "report": str(out_dir / "report.md"),
+        "chart": str(chart),
+        "results": str(out_dir / "results.json"),
+        "runs": len(runs),
+        "skipped": skipped,
+        "seconds": round(seconds, 1),
+        "markdown": report,
+    }
+
+
+def evaluate_seed(
+    conf: Config,
+    seed: int,
+    samples: pa.Table,
+    attributes: pa.Table,
+    variants: dict[str, dict[Tower, EntityMatrix]],
+    llm: str,
+    work_dir: Path,
+) -> list[Run]:
+    """Every row of one seed: one user split, validation slice and initialisation for all."""
+    ev = conf.evaluate
+    split = ctr_data.resplit(samples, conf.prepare.test_fraction, seed)
+    runs: list[Run] = []
+
+    def build(users: EntityMatrix | None, items: EntityMatrix | None) -> ctr_data.CTRData:
+        try:
+            return ctr_data.build(
+                split,
+                history_length=conf.prepare.ctr_history_length,
+                like_threshold=conf.prepare.label_threshold,
+                validation_fraction=conf.adapt.validation_fraction,
+                seed=seed,
+                users=users,
+                items=items,
+                attributes=attributes if attributes.num_rows else None,
+            )
+        except ctr_data.DataError as e:
+            raise InputError(str(e)) from e
+
+    def train(data: ctr_data.CTRData, backbone: Backbone, text: str, mode: KarMode) -> TrainResult:
+        r = train_and_evaluate(data, conf.adapt, seed, mode, backbone)
+        runs.append(Run(seed, backbone, text, mode, r.auc, r.logloss, r.best_epoch, r.seconds))
+        return r
+
+    base = build(None, None)
+    for backbone in ev.backbones:
+        train(base, backbone, "none", "none")
+    frozen_backbones = [b for b in ev.backbones if b != "din"] if "frozen" in ev.modes else []
+    for variant, matrices in variants.items():
+        data = build(matrices.get("user"), matrices.get("item"))
+        din: TrainResult | None = None
+        if "cotrained" in ev.modes:
+            for backbone in ev.backbones:
+                result = train(data, backbone, variant, "cotrained")
+                din = result if backbone == "din" else din
+        if not frozen_backbones:
+            continue
+        if din is None:  # frozen vectors always come from a DIN-co-trained adaptor
+            din = train_and_evaluate(data, conf.adapt, seed, "cotrained", "din")
+        frozen = _frozen_vectors(
+            din.model,
+            matrices,
+            work_dir / "tables" / "vectors",
+            f"{variant}-seed{seed}",
+            "none" if variant == "no_llm" else llm,
+            conf.encoder.model,
+        )
+        frozen_data = build(*frozen)
+        for backbone in frozen_backbones:
+            train(frozen_data, backbone, variant, "frozen")
+    return runs
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (backbone, text, mode) over seeds, with its paired lifts over the no-KAR row."""
+
+    backbone: str
+    text: str
+    mode: str
+    aucs: list[float]
+    loglosses: list[float]
+    lifts: list[float]  # per seed: this AUC - the same backbone's no-KAR AUC
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def summarize(runs: list[Run]) -> list[Row]:
+    """Rows in run order, each with per-seed lifts paired on seed (same split and init)."""
+    base = {(r.backbone, r.seed): r.auc for r in runs if r.mode == "none"}
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.backbone, r.text, r.mode), []).append(r)
+    rows = []
+    for (backbone, text, mode), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.seed)
+        lifts = [r.auc - base[(backbone, r.seed)] for r in rs] if mode != "none" else []
+        rows.append(Row(backbone, text, mode, [r.auc for r in rs], [r.logloss for r in rs], lifts))
+    order = {b: i for i, b in enumerate(BACKBONE_NAMES)}
+    return sorted(rows, key=lambda r: (order[r.backbone], r.mode != "none", r.text, r.mode))
+
+
+def render_report(
+    conf: Config, runs: list[Run], skipped: dict[str, str], texts: EntityTexts
+) -> str:
+    ev, ad = conf.evaluate, conf.adapt
+    n = {k: len(v) for k, v in texts.by_kind.items()}
+    answered = {k: sum("answer" in t for t in v.values()) for k, v in texts.by_kind.items()}
+    models = ", ".join(sorted(texts.llm_models)) or "none"
+    lines = [
+        f"Seeds {', '.join(map(str, ev.seeds))} (each: new {1 - conf.prepare.test_fraction:.0%}"
+        f":{conf.prepare.test_fraction:.0%} user split, validation slice of training users "
+        f"picks the epoch); up to {ad.epochs} epochs"
+        + (f", patience {ad.patience}" if ad.patience else "")
+        + f"; adaptor {ad.adaptor.kind}; encoder {conf.encoder.model}; "
+        f"LLM answers for {answered.get('user', 0)}/{n.get('user', 0)} users and "
+        f"{answered.get('item', 0)}/{n.get('item', 0)} items ({models}).",
+        "",
+        "| backbone | KAR vectors | text | AUC (mean ± std) | LogLoss (mean ± std) "
+        "| AUC lift (mean ± std) | lift per seed | best epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    epochs = {}
+    for r in runs:
+        epochs.setdefault((r.backbone, r.text, r.mode), []).append(r.best_epoch)
+    for row in summarize(runs):
+        auc, auc_sd = _mean_std(row.aucs)
+        ll, ll_sd = _mean_std(row.loglosses)
+        if row.lifts:
+            lift, lift_sd = _mean_std(row.lifts)
+            lift_cell = f"{lift:+.4f} ± {lift_sd:.4f}"
+            per_seed = ", ".join(f"{x:+.4f}" for x in row.lifts)
+        else:
+            lift_cell, per_seed = "(baseline)", ""
+        text = "-" if row.text == "none" else TEXT_LABELS[row.text]
+        eps = ",".join(map(str, epochs[(row.backbone, row.text, row.mode)]))
+        lines.append(
+            f"| {BACKBONE_NAMES[row.backbone]} | {row.mode} | {text} | {auc:.4f} ± {auc_sd:.4f} "
+            f"| {ll:.4f} ± {ll_sd:.4f} | {lift_cell} | {per_seed} | {eps} |"
+        )
+    for variant, why in skipped.items():
+        lines.append(f"\nNot run: {TEXT_LABELS[variant]}: {why}.")
+    lines.append(
+        "\nstd is the sample standard deviation over seeds; a lift is paired: same seed, split, "
+        "initialisation and epoch budget as the backbone's no-KAR row."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def plot_lifts(rows: list[Row], path: Path, title: str) -> None:
+    """Horizontal bars: mean AUC lift ± std per (backbone, mode, text), zero line marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.lifts]
+    if not rows:
+        return
+    labels = [
+        f"{BACKBONE_NAMES[r.backbone]} {r.mode}: {TEXT_LABELS[r.text].split(':')[0]}" for r in rows
+    ]
+    means = [_mean_std(r.lifts)[0] for r in rows]
+    stds = [_mean_std(r.lifts)[1] for r in rows]
+    colors = {"din": "tab:blue", "deepfm": "tab:orange", "dcnv2": "tab:green"}
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    y = np.arange(len(rows))[::-1]
+    for yi, r, m, sd in zip(y, rows, means, stds, strict=True):
+        ax.barh(
+            yi,
+            m,
+            xerr=sd,
+            color=colors[r.backbone],
+            hatch="//" if r.mode == "frozen" else None,
+            edgecolor="white",
+            capsize=3,
+        )
+        ax.text(m, yi, f" {m:+.4f}", va="center", fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlabel("test AUC lift over the same backbone without KAR (mean ± std over seeds)")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    from jobs import cli
+
+    cli.main(["evaluate", *sys.argv[1:]])
