@@ -8,8 +8,13 @@ DATA := data/ml-100k/ml-100k.inter
 # torch is installed first and pinned so the multi-GB CUDA build is never pulled.
 # On machines whose default index has no CPU wheel, point pip at one here.
 TORCH_PIP_ARGS ?=
+# Airflow lives in a virtualenv of its own: its pins need not agree with the vLLM/Spark stack's.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.kar-installed
+AIRFLOW_PKGS := apache-airflow==3.3.2 apache-airflow-providers-apache-spark==6.3.4 \
+	apache-airflow-providers-standard==1.21.0
 
-.PHONY: setup run test e2e lint clean
+.PHONY: setup airflow redis dist run test e2e lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +29,30 @@ $(DATA): | $(STAMP)
 	$(BIN)/python -m jobs.datasets data/ml-100k
 
 setup: $(STAMP) $(DATA)
+
+$(AIRFLOW_STAMP):
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -q $(AIRFLOW_PKGS)
+	touch $@
+
+airflow: $(AIRFLOW_STAMP)
+
+# redis-server for the Feast Redis online-store test (Debian's package; the test starts it).
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	  else echo "redis-server missing: install Debian's redis-server package" >&2; exit 1; fi; }
+
+# The project's packages as one zip for `spark-submit --py-files` (executors import
+# factors/ and jobs/ from it in prepare's UDFs). A pure-Python wheel is a zip with the
+# packages at its root; Spark adds only .zip/.egg/.jar files to the executors' path.
+dist: $(STAMP)
+	rm -rf dist/kar-job.zip build
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	mv dist/kar_job-*.whl dist/kar-job.zip
+	@echo dist/kar-job.zip
 
 run: setup
 	$(BIN)/kar run --conf conf/local.yaml

@@ -4,6 +4,8 @@
     kar prepare|generate|encode|adapt --conf conf/local.yaml [section.key=value ...]
     kar evaluate --conf conf/local.yaml [section.key=value ...]   # quality report, no generation
     kar factors discover --domain podcasts [--out factors-podcasts.yaml]
+    kar vectors [--version N | --as-of 2026-11-15] [--entity user:196 ...]
+    kar join --out train.parquet [--format delta] [--samples PATH] [--version N | --as-of ...]
 
 Input errors (config, data, factor files, schemas) exit with status 2 and a
 one-paragraph message naming the bad input, without a traceback.
@@ -54,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--item-noun", default=None, help='singular item word, e.g. "podcast"')
     disc.add_argument("--out", type=Path, default=None, help="YAML to write for review")
     _add_conf_args(disc)
+
+    from jobs import join_features, vectors
+
+    vec = sub.add_parser("vectors", help="show a vectors version (time travel)")
+    vectors.add_selector_args(vec)
+    vec.add_argument("--entity", action="append", metavar="KIND:ID", help="print this vector")
+    _add_conf_args(vec)
+    joiner = sub.add_parser("join", help="join a vectors version onto CTR samples (Spark)")
+    vectors.add_selector_args(joiner)
+    join_features.add_args(joiner)
+    _add_conf_args(joiner)
     return parser
 
 
@@ -79,6 +92,27 @@ def _dispatch(args: argparse.Namespace, conf: Config) -> None:
         sys.stdout.write(result.pop("markdown") + json.dumps(result) + "\n")
     elif args.command in STAGES:
         sys.stdout.write(json.dumps(_stage(args.command, conf), default=str) + "\n")
+    elif args.command == "vectors":
+        from jobs import vectors
+
+        snapshot = vectors.resolve(conf.table_path("vectors"), args.version, args.as_of)
+        sys.stdout.write(json.dumps(vectors.describe(snapshot, args.entity)) + "\n")
+    elif args.command == "join":
+        from dataclasses import asdict
+
+        from jobs import join_features
+
+        result = join_features.run(
+            conf,
+            args.out,
+            args.format,
+            args.samples,
+            args.version,
+            args.as_of,
+            args.user_col,
+            args.item_col,
+        )
+        sys.stdout.write(json.dumps(asdict(result)) + "\n")
     else:
         from factors.discover import discover
 

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+from pyspark import SparkConf as JavaSparkConf
+from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -23,23 +25,51 @@ from jobs.config import SparkConf
 log = logging.getLogger(__name__)
 
 
+def submitted_settings() -> dict[str, str]:
+    """The settings spark-submit was given (--master, --conf, --driver-memory ...); {} outside it.
+
+    spark-submit starts the JVM before Python and hands its port over in
+    PYSPARK_GATEWAY_PORT; its settings are then JVM system properties, which a
+    SparkConf created on that gateway loads.
+    """
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return {}
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM; starts nothing
+    return dict(JavaSparkConf().getAll())
+
+
 def session(conf: SparkConf, app_name: str = "kar") -> SparkSession:
-    """A Spark session (local mode by default) whose Python workers use this interpreter."""
+    """A Spark session (local mode by default) whose Python workers use this interpreter.
+
+    Under spark-submit, whatever it was given wins over the config (`spark.master`
+    and `spark.driver.memory` included), so one config serves laptop runs and
+    cluster submissions; the config fills in only what spark-submit left unset.
+    """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = (
-        SparkSession.builder.appName(app_name)
-        .master(conf.master)
-        .config("spark.driver.memory", conf.driver_memory)
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "8")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-    )
-    for key, value in conf.conf.items():
-        builder = builder.config(key, value)
+    settings = {
+        "spark.master": conf.master,
+        "spark.driver.memory": conf.driver_memory,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        "spark.sql.shuffle.partitions": "8",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        **conf.conf,
+    }
+    submitted = submitted_settings()
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in settings.items():
+        if key not in submitted:
+            builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    kept = sorted(k for k in settings if k in submitted)
+    log.info(
+        "spark session: master %s, %s shuffle partitions%s",
+        spark.sparkContext.master,
+        spark.conf.get("spark.sql.shuffle.partitions"),
+        f" (from spark-submit: {', '.join(kept)})" if kept else "",
+    )
     return spark
 
 

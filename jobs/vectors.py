@@ -1,0 +1,153 @@
+"""Time travel over the vectors table: which version a ranking model saw, and what was in it.
+
+Each adapt run that publishes overwrites `vectors` in one Delta commit, so a
+Delta version is exactly one published set of reasoning/fact vectors and its
+commit time is when ranking models could first read it. `--as-of T` picks the
+latest version committed at or before T (a bare date means 00:00 UTC that day,
+as in Delta's `TIMESTAMP AS OF`).
+
+    kar vectors --conf conf/local.yaml                      # the live version
+    kar vectors --as-of 2026-11-15 --entity user:196        # what was served then
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs import schemas, tables
+from jobs.readers import DataError
+
+
+class VersionError(DataError):
+    """A requested vectors version or as-of time does not exist; names what does."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One published vectors version: its Delta version, commit time and commit metadata."""
+
+    path: Path
+    version: int
+    committed_at: datetime
+    metadata: dict[str, str]
+
+
+def parse_as_of(text: str) -> datetime:
+    """`2026-11-15` (00:00 UTC) or an ISO time (`2026-11-15T08:00`; UTC unless it has an offset)."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        moment = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise VersionError(
+            f"--as-of {text!r} is not a date or time; use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]"
+        ) from e
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def add_selector_args(parser: argparse.ArgumentParser) -> None:
+    """`--version N | --as-of T`, shared by `kar vectors`, `kar join` and `kar publish`."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, default=None, help="Delta version of `vectors`")
+    which.add_argument(
+        "--as-of",
+        type=parse_as_of,
+        default=None,
+        metavar="DATE|TIME",
+        help="latest version committed at or before this (YYYY-MM-DD = 00:00 UTC)",
+    )
+
+
+def _commits(path: Path) -> list[dict[str, Any]]:
+    table = tables.open_table(path)
+    if table is None:
+        raise VersionError(
+            f"no vectors table at {path}; run the weekly job (kar run) or kar adapt first"
+        )
+    return sorted(table.history(), key=lambda c: c["version"])
+
+
+def _snapshot(path: Path, commit: dict[str, Any]) -> Snapshot:
+    skip = {"timestamp", "operation", "operationParameters", "operationMetrics", "version"}
+    meta = {
+        k: str(v)
+        for k, v in commit.items()
+        if k not in skip and not k.startswith(("engine", "client"))
+    }
+    return Snapshot(
+        path=path,
+        version=int(commit["version"]),
+        committed_at=datetime.fromtimestamp(commit["timestamp"] / 1000, UTC),
+        metadata=meta,
+    )
+
+
+def resolve(path: Path, version: int | None = None, as_of: datetime | None = None) -> Snapshot:
+    """The vectors version asked for: `version`, the one live at `as_of`, or the latest."""
+    commits = _commits(path)
+    if version is not None:
+        match = [c for c in commits if c["version"] == version]
+        if not match:
+            raise VersionError(
+                f"vectors table {path} has no version {version}; it has versions "
+                f"{commits[0]['version']}..{commits[-1]['version']} (kar vectors lists the latest)"
+            )
+        return _snapshot(path, match[0])
+    if as_of is not None:
+        cutoff = as_of.timestamp() * 1000
+        before = [c for c in commits if c["timestamp"] <= cutoff]
+        if not before:
+            first = _snapshot(path, commits[0])
+            raise VersionError(
+                f"no vectors were published at or before {as_of.isoformat()}: the first version "
+                f"of {path} was committed at {first.committed_at.isoformat()}"
+            )
+        return _snapshot(path, before[-1])
+    return _snapshot(path, commits[-1])
+
+
+def read(snapshot: Snapshot) -> pa.Table:
+    """The rows of that version, in the declared schema."""
+    return tables.read(snapshot.path, schemas.VECTORS, snapshot.version)
+
+
+def parse_entity(text: str) -> tuple[str, str]:
+    kind, sep, entity_id = text.partition(":")
+    if not sep or kind not in schemas.KINDS or not entity_id:
+        raise VersionError(f"--entity {text!r} must look like user:ID or item:ID")
+    return kind, entity_id
+
+
+def describe(snapshot: Snapshot, entities: list[str] | None = None) -> dict[str, Any]:
+    """What `kar vectors` prints: version, commit time, counts, models, asked-for vectors."""
+    rows = read(snapshot)
+    kinds = rows.column("kind")
+    out: dict[str, Any] = {
+        "path": str(snapshot.path.resolve()),
+        "version": snapshot.version,
+        "committed_at": snapshot.committed_at.isoformat(),
+        "version_ids": sorted(set(rows.column("version_id").to_pylist())),
+        "users": pc.sum(pc.equal(kinds, "user")).as_py() or 0,
+        "items": pc.sum(pc.equal(kinds, "item")).as_py() or 0,
+        "dims": sorted(set(rows.column("dim").to_pylist())),
+        "llm_models": sorted(set(rows.column("llm_model").to_pylist())),
+        "encoder_models": sorted(set(rows.column("encoder_model").to_pylist())),
+        "commit": snapshot.metadata,
+    }
+    if entities:
+        wanted = {parse_entity(e) for e in entities}
+        found = {
+            f"{r['kind']}:{r['entity_id']}": r["vector"]
+            for r in rows.select(["kind", "entity_id", "vector"]).to_pylist()
+            if (r["kind"], r["entity_id"]) in wanted
+        }
+        out["vectors"] = {f"{k}:{i}": found.get(f"{k}:{i}") for k, i in sorted(wanted)}
+    return out
