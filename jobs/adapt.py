@@ -83,7 +83,9 @@ def current_embeddings(conf: Config) -> pa.Table:
         )
     cols = ["kind", "entity_id", "fingerprint", "model_id", "generated_at"]
     latest = _latest(
-        know.to_pyarrow_table(columns=cols), ["kind", "entity_id"], ["generated_at", "fingerprint"]
+        know.to_pyarrow_table(columns=cols, filters=schemas.USABLE_KNOWLEDGE),
+        ["kind", "entity_id"],
+        ["generated_at", "fingerprint"],
     ).select(["kind", "entity_id", "fingerprint", "model_id"])
     latest = latest.rename_columns({"model_id": "llm_model"})
 

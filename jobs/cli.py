@@ -2,6 +2,7 @@
 
     kar run --conf conf/local.yaml [section.key=value ...]
     kar prepare|generate|encode|adapt --conf conf/local.yaml [section.key=value ...]
+    kar generate --kind users --ids-file ids.txt --since 2026-11-01   # backfill a slice
     kar factors discover --domain podcasts [--out factors-podcasts.yaml]
 
 Input errors (config, data, factor files, schemas) exit with status 2 and a
@@ -39,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_conf_args(sub.add_parser("run", help="run every stage (the weekly job)"))
     for stage in STAGES:
-        _add_conf_args(sub.add_parser(stage, help=f"run the {stage} stage alone"))
+        stage_parser = sub.add_parser(stage, help=f"run the {stage} stage alone")
+        _add_conf_args(stage_parser)
+        if stage == "generate":
+            from jobs.generate import add_backfill_args
+
+            add_backfill_args(stage_parser)
     factors = sub.add_parser("factors", help="scenario factor sets")
     fsub = factors.add_subparsers(dest="factors_command", required=True)
     disc = fsub.add_parser("discover", help="ask the configured LLM for a domain's factors")
@@ -65,6 +71,10 @@ def _dispatch(args: argparse.Namespace, conf: Config) -> None:
         from jobs.run import print_summary, run
 
         print_summary(run(conf))
+    elif args.command == "generate":
+        from jobs.generate import run_command
+
+        sys.stdout.write(json.dumps(run_command(conf, args), default=str) + "\n")
     elif args.command in STAGES:
         sys.stdout.write(json.dumps(_stage(args.command, conf), default=str) + "\n")
     else:
