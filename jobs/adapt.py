@@ -72,14 +72,6 @@ def adaptor_checkpoint(conf: Config, version_id: str) -> Path:
     return conf.run.output_dir / "models" / f"adaptor-{version_id}.pt"
 
 
-def _latest(table: pa.Table, keys: list[str], order: list[str]) -> pa.Table:
-    """Per `keys`, the one row that sorts last by `order` (latest time, then tie-breakers)."""
-    indexed = table.append_column("_row", pa.array(np.arange(table.num_rows)))
-    ordered = indexed.sort_by([(c, "ascending") for c in [*keys, *order]])
-    last = ordered.group_by(keys, use_threads=False).aggregate([("_row", "last")])
-    return table.take(last.column("_row_last"))
-
-
 def current_embeddings(conf: Config) -> pa.Table:
     """kind, entity_id, fingerprint, llm_model, encoder_model, embedding: one row per entity.
 
@@ -93,8 +85,10 @@ def current_embeddings(conf: Config) -> pa.Table:
             "run the generate stage first (kar generate)"
         )
     cols = ["kind", "entity_id", "fingerprint", "model_id", "generated_at"]
-    latest = _latest(
-        know.to_pyarrow_table(columns=cols), ["kind", "entity_id"], ["generated_at", "fingerprint"]
+    latest = tables.latest_rows(
+        know.to_pyarrow_table(columns=cols, filters=schemas.USABLE_KNOWLEDGE),
+        ["kind", "entity_id"],
+        ["generated_at", "fingerprint"],
     ).select(["kind", "entity_id", "fingerprint", "model_id"])
     latest = latest.rename_columns({"model_id": "llm_model"})
 
@@ -106,7 +100,7 @@ def current_embeddings(conf: Config) -> pa.Table:
         )
     keys = ["kind", "entity_id", "fingerprint"]
     # Re-encoding the same answer (e.g. a new encoder) adds a row; the newest one wins.
-    newest = _latest(emb, keys, ["encoded_at", "encoder_model"]).select(
+    newest = tables.latest_rows(emb, keys, ["encoded_at", "encoder_model"]).select(
         [*keys, "encoder_model", "dim", "embedding"]
     )
     # Arrow joins cannot carry list columns: join row numbers, then take the vectors.

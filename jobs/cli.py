@@ -3,6 +3,7 @@
     kar run --conf conf/local.yaml [section.key=value ...]
     kar prepare|generate|encode|adapt --conf conf/local.yaml [section.key=value ...]
     kar evaluate --conf conf/local.yaml [section.key=value ...]   # quality report, no generation
+    kar generate --kind users --ids-file ids.txt --since 2026-11-01   # backfill a slice
     kar factors discover --domain podcasts [--out factors-podcasts.yaml]
     kar vectors [--version N | --as-of 2026-11-15] [--entity user:196 ...]
     kar join --out train.parquet [--format delta] [--samples PATH] [--version N | --as-of ...]
@@ -42,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_conf_args(sub.add_parser("run", help="run every stage (the weekly job)"))
     for stage in STAGES:
-        _add_conf_args(sub.add_parser(stage, help=f"run the {stage} stage alone"))
+        stage_parser = sub.add_parser(stage, help=f"run the {stage} stage alone")
+        _add_conf_args(stage_parser)
+        if stage == "generate":
+            from jobs.generate import add_backfill_args
+
+            add_backfill_args(stage_parser)
     _add_conf_args(
         sub.add_parser(
             "evaluate",
@@ -90,6 +96,10 @@ def _dispatch(args: argparse.Namespace, conf: Config) -> None:
 
         result = evaluate.run(conf)
         sys.stdout.write(result.pop("markdown") + json.dumps(result) + "\n")
+    elif args.command == "generate":
+        from jobs.generate import run_command
+
+        sys.stdout.write(json.dumps(run_command(conf, args), default=str) + "\n")
     elif args.command in STAGES:
         sys.stdout.write(json.dumps(_stage(args.command, conf), default=str) + "\n")
     elif args.command == "vectors":

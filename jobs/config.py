@@ -7,11 +7,19 @@ Single keys are overridden from the command line as `section.key=value`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -101,8 +109,15 @@ class LLMConf(_Section):
     seed: int = 0
     batch_size: int = Field(default=16, gt=0)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Context window (prompt + answer). A longer prompt loses its oldest history items.
     max_model_len: int = Field(default=2048, gt=0)
     tensor_parallel_size: int = Field(default=1, gt=0)
+    # vLLM only. Skip CUDA graphs / torch.compile: starts in ~1/3 of the time on CPU hosts.
+    enforce_eager: bool = False
+    # vLLM only: fraction of GPU memory (on CPU hosts: of RAM) the engine may reserve.
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    # vLLM only: fixed KV-cache size in GiB instead of the fraction above (set it on CPU hosts).
+    kv_cache_gib: float | None = Field(default=None, gt=0)
 
 
 class RayConf(_Section):
@@ -118,6 +133,54 @@ class PoolConf(_Section):
     cpus_per_actor: float = Field(default=1, gt=0)
     gpus_per_actor: float = Field(default=0, ge=0)
     torch_threads: int | None = Field(default=None, gt=0)
+    # A dead actor (node lost, engine crash, OOM) is restarted and its batch retried this often.
+    max_restarts: int = Field(default=2, ge=0)
+
+
+Status = Literal["ok", "empty", "length", "degenerate", "refusal"]
+
+
+class GenerateConf(PoolConf):
+    """The generate stage's actor pool plus its work sizing, answer checks and accounting."""
+
+    # Work unit pulled by an idle actor: prompts whose estimated prompt + answer tokens fit.
+    batch_tokens: int = Field(default=32768, gt=0)
+    # Batches queued per actor, so an engine never waits for the driver between batches.
+    batches_in_flight: int = Field(default=2, gt=0)
+    # Commit answers to Delta once this many are buffered (and at the end).
+    commit_rows: int = Field(default=256, gt=0)
+    # Answers with one of these statuses are asked again (new seed), up to max_attempts in all.
+    retry_statuses: list[Status] = Field(
+        default_factory=lambda: ["empty", "length", "degenerate", "refusal"]
+    )
+    max_attempts: int = Field(default=3, gt=0)
+    # Sampling temperature of retries when llm.temperature is 0 (greedy would repeat the answer).
+    retry_temperature: float = Field(default=0.7, gt=0)
+    # Degenerate: this share of an answer's word n-grams are repeats.
+    degenerate_ngram: int = Field(default=4, gt=1)
+    degenerate_repeat_share: float = Field(default=0.5, gt=0, lt=1)
+    # Refusal: one of these regexes (case-insensitive) matches the answer's first sentence.
+    refusal_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"^(i'?m|i am) (sorry|unable|not able)",
+            r"^i (cannot|can'?t|won'?t)",
+            r"^as an ai\b",
+            r"^sorry\b",
+        ]
+    )
+    # Accounting: generated tokens per second one GPU of the production cluster sustains with
+    # this model (measure it there with bench/generation.py); GPU-hours = output tokens / this.
+    cluster_tokens_per_gpu_s: float = Field(default=2000.0, gt=0)
+
+    @field_validator("refusal_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"refusal pattern {p!r} is not a valid regex: {e}") from None
+        return patterns
 
 
 class EncoderConf(_Section):
@@ -215,7 +278,7 @@ class Config(_Section):
     ray: RayConf = Field(default_factory=RayConf)
     factors: FactorsConf = Field(default_factory=FactorsConf)
     llm: LLMConf = Field(default_factory=LLMConf)
-    generate: PoolConf = Field(default_factory=PoolConf)
+    generate: GenerateConf = Field(default_factory=GenerateConf)
     encoder: EncoderConf = Field(default_factory=EncoderConf)
     adapt: AdaptConf = Field(default_factory=AdaptConf)
     evaluate: EvaluateConf = Field(default_factory=EvaluateConf)

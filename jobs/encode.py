@@ -27,7 +27,7 @@ from encoders.sentence import BUNDLED_PREFIX, EncoderError, SentenceEncoder, res
 from jobs import tables
 from jobs.actors import actor_pool, ensure_ray, map_unordered
 from jobs.config import Config, ConfigError, EncoderConf
-from jobs.schemas import EMBEDDINGS, KNOWLEDGE
+from jobs.schemas import EMBEDDINGS, KNOWLEDGE, USABLE_KNOWLEDGE
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,9 @@ def pending_inputs(conf: Config) -> pa.Table:
         )
     schema = pa.schema([KNOWLEDGE.field(c) for c in _KNOWLEDGE_COLUMNS])
     rows = tables.conform(
-        pa.table(table.to_pyarrow_table(columns=_KNOWLEDGE_COLUMNS)), schema, "knowledge"
+        pa.table(table.to_pyarrow_table(columns=_KNOWLEDGE_COLUMNS, filters=USABLE_KNOWLEDGE)),
+        schema,
+        "knowledge",
     )
     # Latest first within each entity (fingerprint breaks exact ties deterministically),
     # so the smallest row index of a group is its current knowledge.

@@ -108,12 +108,11 @@ def _latest_knowledge(conf: Config) -> pa.Table:
     cols = ["kind", "entity_id", "context", "text", "model_id", "generated_at", "fingerprint"]
     if know is None:
         return pa.table({c: pa.array([], pa.string()) for c in cols[:5]})
-    rows = know.to_pyarrow_table(columns=cols).sort_by(
-        [("generated_at", "descending"), ("fingerprint", "descending")]
+    # Answers that stayed bad after every retry are records only (schemas.USABLE_KNOWLEDGE).
+    rows = know.to_pyarrow_table(columns=cols, filters=schemas.USABLE_KNOWLEDGE)
+    return tables.latest_rows(rows, ["kind", "entity_id"], ["generated_at", "fingerprint"]).select(
+        cols[:5]
     )
-    rows = rows.append_column("_row", pa.array(np.arange(rows.num_rows)))
-    first = rows.group_by(["kind", "entity_id"], use_threads=False).aggregate([("_row", "min")])
-    return rows.take(first.column("_row_min")).select(cols[:5])
 
 
 def entity_texts(conf: Config, attributes: pa.Table) -> EntityTexts:

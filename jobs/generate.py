@@ -2,37 +2,50 @@
 
 Pending = rows of the `prompts` table (only entities whose inputs changed)
 whose (kind, entity_id, fingerprint) is not in `knowledge` yet, so a rerun
-after a crash only asks what is missing. Batches go to a Ray actor pool, one
-engine per actor; the driver MERGEs results into Delta in chunks, so a crash
-loses at most one chunk and no key is ever written twice.
+after a crash only asks what is missing. Work is cut into batches by a token
+budget and pulled by a Ray actor pool, one engine per actor; each answer is
+checked (jobs/llm/checks.py) and a bad one is asked again with a new seed.
+The driver MERGEs results into Delta in chunks, so a crash loses at most the
+chunks in flight and no key is ever written twice. An answer that stays bad
+is stored with usable=false: readers skip it and the entity keeps its
+previous knowledge.
+
+Backfills answer a slice of the pending prompts: `--kind`, `--ids-file` and
+`--since` (entities with an interaction at or after a date, per `samples`).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from datetime import time as dtime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
 from jobs import tables
-from jobs.actors import actor_pool, ensure_ray, map_unordered
-from jobs.config import Config, ConfigError, LLMConf
-from jobs.llm import Generation, build_engine, resolve_model
+from jobs.actors import ensure_ray, pull_unordered, start_actors
+from jobs.config import Config, ConfigError, GenerateConf, LLMConf, Status
+from jobs.llm import Engine, Generation, build_engine, resolve_model
+from jobs.llm.checks import AnswerChecks
 from jobs.llm.model import BUNDLED_PREFIX
-from jobs.schemas import KNOWLEDGE, PROMPTS
+from jobs.schemas import KINDS, KNOWLEDGE, PROMPTS, SAMPLES
 
 log = logging.getLogger(__name__)
 
 KEYS = ["kind", "entity_id", "fingerprint"]
-# Commit to Delta once this many answers are buffered (and at the end): few commits, small loss.
-COMMIT_ROWS = 256
+# Batch sizing estimate (the driver does not tokenize): English text runs ~4 characters a token.
+CHARS_PER_TOKEN = 4
 
 # Columns copied from the prompt row into its knowledge row.
 _FROM_PROMPT = [
@@ -47,29 +60,145 @@ _FROM_PROMPT = [
 ]
 
 
+@dataclass(frozen=True)
+class Selection:
+    """A backfill's slice of the pending prompts; the default selects all of them."""
+
+    kind: str | None = None  # "user" | "item"
+    ids: frozenset[str] | None = None
+    since: datetime | None = None
+
+    def describe(self) -> str:
+        parts = [f"kind={self.kind}"] if self.kind else []
+        parts += [f"{len(self.ids)} ids"] if self.ids is not None else []
+        parts += [f"since {self.since:%Y-%m-%d}"] if self.since else []
+        return ", ".join(parts) or "all"
+
+
 @dataclass
 class GenerateResult:
     prompts_total: int
     prompts_generated: int
+    # Tokens of every LLM request, retries included (what the run cost).
     input_tokens: int
     output_tokens: int
     seconds: float
     knowledge_version: int | None
+    requests: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    unusable: int = 0
+    history_truncated: int = 0
+    # Seconds to start the engines, and of generation proper (first batch sent to last result).
+    engine_start_seconds: float = 0.0
+    generate_seconds: float = 0.0
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.output_tokens / self.generate_seconds if self.generate_seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One prompt's final answer after retries, with what all its attempts cost."""
+
+    generation: Generation
+    status: Status
+    attempts: int
+    usable: bool
+    input_tokens: int
+    output_tokens: int
+
+
+def answer(
+    engine: Engine, checks: AnswerChecks, prompts: list[str], llm: LLMConf, gen: GenerateConf
+) -> list[Answer]:
+    """Generate, check, and re-ask bad answers with a new seed up to gen.max_attempts in all."""
+    gens = engine.generate(prompts)
+    statuses = checks.statuses(gens)
+    attempts = [1] * len(prompts)
+    spent_in = [g.input_tokens for g in gens]
+    spent_out = [g.output_tokens for g in gens]
+    retry = set(gen.retry_statuses)
+    # Greedy decoding would give the same answer again: retries sample.
+    temperature = llm.temperature if llm.temperature > 0 else gen.retry_temperature
+    for attempt in range(1, gen.max_attempts):
+        todo = [i for i, s in enumerate(statuses) if s in retry]
+        if not todo:
+            break
+        again = engine.generate(
+            [prompts[i] for i in todo], seed=llm.seed + attempt, temperature=temperature
+        )
+        for i, g in zip(todo, again, strict=True):
+            gens[i], statuses[i] = g, checks.status(g)
+            attempts[i] += 1
+            spent_in[i] += g.input_tokens
+            spent_out[i] += g.output_tokens
+    return [
+        Answer(g, s, a, s not in retry, i, o)
+        for g, s, a, i, o in zip(gens, statuses, attempts, spent_in, spent_out, strict=True)
+    ]
 
 
 class GenerationWorker:
     """One Ray actor = one loaded engine; it answers batches of prompts."""
 
-    def __init__(self, llm: LLMConf, cache_dir: Path, threads: int | None) -> None:
-        self.engine = build_engine(llm, resolve_model(llm.model, cache_dir), threads)
+    def __init__(self, llm: LLMConf, gen: GenerateConf, cache_dir: Path) -> None:
+        self.llm, self.gen = llm, gen
+        self.engine = build_engine(llm, resolve_model(llm.model, cache_dir), gen.torch_threads)
+        self.checks = AnswerChecks.from_conf(gen)
 
-    def generate(self, batch: tuple[int, list[str]]) -> tuple[int, list[Generation]]:
+    def ready(self) -> bool:
+        """Returns once the engine is loaded (the driver times engine start with it)."""
+        return True
+
+    def generate(self, batch: tuple[int, list[str]]) -> tuple[int, list[Answer]]:
         batch_id, prompts = batch
-        return batch_id, self.engine.generate(prompts)
+        return batch_id, answer(self.engine, self.checks, prompts, self.llm, self.gen)
 
 
-def pending_prompts(conf: Config) -> tuple[int, pa.Table]:
-    """(rows in the prompts table, the de-duplicated prompts not yet answered), sorted for batching.
+def read_ids_file(path: Path) -> frozenset[str]:
+    """Entity ids, one per line; blank lines and `#` comments are skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--ids-file {path} does not exist") from e
+    ids = frozenset(s for line in lines if (s := line.split("#", 1)[0].strip()))
+    if not ids:
+        raise ConfigError(f"--ids-file {path} lists no ids (expected one entity id per line)")
+    return ids
+
+
+def _active_since(conf: Config, kind: str, since: datetime) -> pa.Array:
+    """Ids of users (or items) with an interaction at or after `since`, per the samples table."""
+    samples = tables.read(conf.table_path("samples"), SAMPLES)
+    if samples.num_rows == 0:
+        raise FileNotFoundError(
+            f"--since needs the samples table at {conf.table_path('samples')}; "
+            f"run `kar prepare` with the same config first"
+        )
+    recent = samples.filter(pc.greater_equal(samples.column("timestamp"), int(since.timestamp())))
+    return pc.unique(recent.column(f"{kind}_id"))
+
+
+def _select(conf: Config, prompts: pa.Table, sel: Selection) -> pa.Table:
+    if sel.kind is not None:
+        prompts = prompts.filter(pc.equal(prompts.column("kind"), sel.kind))
+    if sel.ids is not None:
+        prompts = prompts.filter(pc.is_in(prompts.column("entity_id"), pa.array(sorted(sel.ids))))
+    if sel.since is not None:
+        keep = [
+            pc.and_(
+                pc.equal(prompts.column("kind"), kind),
+                pc.is_in(prompts.column("entity_id"), _active_since(conf, kind, sel.since)),
+            )
+            for kind in KINDS
+        ]
+        prompts = prompts.filter(pc.or_(*keep))
+    return prompts
+
+
+def pending_prompts(conf: Config, selection: Selection = Selection()) -> tuple[int, pa.Table]:
+    """(selected rows of the prompts table, the de-duplicated ones not yet answered), sorted.
 
     Sorted by kind then prompt length so each batch pads little.
     """
@@ -78,7 +207,7 @@ def pending_prompts(conf: Config) -> tuple[int, pa.Table]:
         raise FileNotFoundError(
             f"no prompts table at {prompts_path}; run `kar prepare` with the same config first"
         )
-    prompts = tables.read(prompts_path, PROMPTS)
+    prompts = _select(conf, tables.read(prompts_path, PROMPTS), selection)
     total = prompts.num_rows
     indexed = prompts.append_column("_row", pa.array(range(total), pa.int64()))
     first = indexed.group_by(KEYS).aggregate([("_row", "min")]).column("_row_min")
@@ -93,6 +222,26 @@ def pending_prompts(conf: Config) -> tuple[int, pa.Table]:
     prompts = prompts.append_column("_len", pc.utf8_length(prompts.column("prompt")))
     prompts = prompts.sort_by([("kind", "ascending"), ("_len", "ascending"), ("_row", "ascending")])
     return total, prompts.drop_columns(["_row", "_len"])
+
+
+def token_batches(prompts: list[str], budget: int, max_new_tokens: int) -> list[tuple[int, int]]:
+    """(start, stop) row ranges whose estimated prompt + answer tokens fit `budget` each.
+
+    Equal work per batch, not equal prompt counts: an actor pulling a batch of long
+    prompts does not hold far more work than one pulling short ones. A prompt
+    larger than the budget gets a batch of its own.
+    """
+    ranges: list[tuple[int, int]] = []
+    start, used = 0, 0
+    for i, text in enumerate(prompts):
+        cost = math.ceil(len(text) / CHARS_PER_TOKEN) + max_new_tokens
+        if i > start and used + cost > budget:
+            ranges.append((start, i))
+            start, used = i, 0
+        used += cost
+    if start < len(prompts):
+        ranges.append((start, len(prompts)))
+    return ranges
 
 
 def _check_model(pending: pa.Table, llm: LLMConf) -> None:
@@ -112,97 +261,167 @@ def _engine_conf(llm: LLMConf) -> LLMConf:
     return llm.model_copy(update={"model": str(Path(llm.model).resolve())})
 
 
-def _knowledge_rows(rows: pa.Table, gens: list[Generation], run_id: str) -> pa.Table:
-    n = len(gens)
+def _knowledge_rows(rows: pa.Table, answers: list[Answer], run_id: str) -> pa.Table:
+    n = len(answers)
+    gens = [a.generation for a in answers]
     columns = {name: rows.column(name) for name in _FROM_PROMPT}
     columns |= {
         "text": pa.array([g.text for g in gens], pa.string()),
         "input_tokens": pa.array([g.input_tokens for g in gens], pa.int32()),
         "output_tokens": pa.array([g.output_tokens for g in gens], pa.int32()),
         "finish_reason": pa.array([g.finish_reason for g in gens], pa.string()),
+        "status": pa.array([a.status for a in answers], pa.string()),
+        "attempts": pa.array([a.attempts for a in answers], pa.int32()),
+        "usable": pa.array([a.usable for a in answers], pa.bool_()),
+        "history_dropped": pa.array([g.history_dropped for g in gens], pa.int32()),
         "run_id": pa.array([run_id] * n, pa.string()),
         "generated_at": pa.array([datetime.now(UTC)] * n, KNOWLEDGE.field("generated_at").type),
     }
     return pa.table(columns)
 
 
-def _answers(conf: Config, pending: pa.Table) -> Iterator[tuple[pa.Table, list[Generation]]]:
-    """(prompt rows, their generations) per batch, as the actor pool finishes them."""
-    size = conf.llm.batch_size
-    starts = list(range(0, pending.num_rows, size))
+def _answers(
+    conf: Config, pending: pa.Table, result: GenerateResult
+) -> Iterator[tuple[pa.Table, list[Answer]]]:
+    """(prompt rows, their answers) per batch, as the actors finish them."""
     texts = pending.column("prompt").to_pylist()
+    ranges = token_batches(texts, conf.generate.batch_tokens, conf.llm.max_new_tokens)
     ensure_ray(conf.ray)
-    pool = actor_pool(
-        GenerationWorker,
-        conf.generate,
-        _engine_conf(conf.llm),
-        conf.run.cache_dir.resolve(),
-        conf.generate.torch_threads,
-    )
+    started = time.monotonic()
+    engine_conf, cache_dir = _engine_conf(conf.llm), conf.run.cache_dir.resolve()
+    actors = start_actors(GenerationWorker, conf.generate, engine_conf, conf.generate, cache_dir)
     try:
-        results = map_unordered(
-            pool,
+        ray.get([a.ready.remote() for a in actors])
+        result.engine_start_seconds = time.monotonic() - started
+        log.info(
+            "generate: %d engine(s) ready in %.1f s; %d batches of <= %d tokens",
+            len(actors),
+            result.engine_start_seconds,
+            len(ranges),
+            conf.generate.batch_tokens,
+        )
+        started = time.monotonic()
+        batches = pull_unordered(
+            actors,
             lambda actor, batch: actor.generate.remote(batch),
-            ((i, texts[start : start + size]) for i, start in enumerate(starts)),
-            total=len(starts),
+            ((i, texts[a:b]) for i, (a, b) in enumerate(ranges)),
+            in_flight=conf.generate.batches_in_flight,
+            total=len(ranges),
             desc="generate",
         )
-        for batch_id, gens in results:
-            rows = pending.slice(starts[batch_id], len(gens))
-            yield rows, gens
+        for batch_id, answers in batches:
+            a, b = ranges[batch_id]
+            yield pending.slice(a, b - a), answers
+        result.generate_seconds = time.monotonic() - started
     finally:
         # Free the CPUs/GPUs now: the encode stage's actors need them next.
-        while (actor := pool.pop_idle()) is not None:
-            ray.kill(actor)
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
 
 
-def run(conf: Config, run_id: str, commit_rows: int = COMMIT_ROWS) -> GenerateResult:
-    """Answer every pending prompt and MERGE the answers into `knowledge` in chunks."""
+def run(conf: Config, run_id: str, selection: Selection = Selection()) -> GenerateResult:
+    """Answer every pending (selected) prompt and MERGE the answers into `knowledge` in chunks."""
     started = time.monotonic()
     knowledge_path = conf.table_path("knowledge")
-    total, pending = pending_prompts(conf)
-    log.info("generate: %d prompts in table, %d pending", total, pending.num_rows)
+    total, pending = pending_prompts(conf, selection)
+    log.info(
+        "generate (%s): %d prompts selected, %d pending",
+        selection.describe(),
+        total,
+        pending.num_rows,
+    )
+    result = GenerateResult(total, 0, 0, 0, 0.0, tables.version(knowledge_path))
     if pending.num_rows == 0:
-        return GenerateResult(
-            total, 0, 0, 0, time.monotonic() - started, tables.version(knowledge_path)
-        )
+        result.seconds = time.monotonic() - started
+        return result
     _check_model(pending, conf.llm)
 
     buffer: list[pa.Table] = []
-    buffered = done = tokens_in = tokens_out = 0
-    version: int | None = None
+    statuses: Counter[str] = Counter()
 
     def flush() -> None:
-        nonlocal buffered, version
         chunk = pa.concat_tables(buffer)
-        version = tables.insert_new(
+        result.knowledge_version = tables.insert_new(
             knowledge_path, chunk, KNOWLEDGE, keys=KEYS, metadata={"run_id": run_id}
         )
-        log.info("knowledge: committed %d answers (version %d)", chunk.num_rows, version)
+        log.info(
+            "knowledge: committed %d answers (version %d)",
+            chunk.num_rows,
+            result.knowledge_version,
+        )
         buffer.clear()
-        buffered = 0
 
-    for rows, gens in _answers(conf, pending):
-        buffer.append(_knowledge_rows(rows, gens, run_id))
-        buffered += len(gens)
-        done += len(gens)
-        tokens_in += sum(g.input_tokens for g in gens)
-        tokens_out += sum(g.output_tokens for g in gens)
-        if buffered >= commit_rows:
+    for rows, answers in _answers(conf, pending, result):
+        buffer.append(_knowledge_rows(rows, answers, run_id))
+        result.prompts_generated += len(answers)
+        result.requests += sum(a.attempts for a in answers)
+        result.input_tokens += sum(a.input_tokens for a in answers)
+        result.output_tokens += sum(a.output_tokens for a in answers)
+        result.unusable += sum(not a.usable for a in answers)
+        result.history_truncated += sum(a.generation.history_dropped > 0 for a in answers)
+        statuses.update(a.status for a in answers)
+        if sum(t.num_rows for t in buffer) >= conf.generate.commit_rows:
             flush()
     if buffer:
         flush()
 
-    seconds = time.monotonic() - started
+    result.statuses = dict(sorted(statuses.items()))
+    result.seconds = time.monotonic() - started
     log.info(
-        "generate: %d prompts, %d input / %d output tokens in %.1f s (%.1f output tokens/s)",
-        done,
-        tokens_in,
-        tokens_out,
-        seconds,
-        tokens_out / seconds,
+        "generate: %d prompts (%d requests), %d input / %d output tokens, %.1f output tokens/s; "
+        "statuses %s, %d unusable, %d shortened to fit the context",
+        result.prompts_generated,
+        result.requests,
+        result.input_tokens,
+        result.output_tokens,
+        result.output_tokens_per_s,
+        result.statuses,
+        result.unusable,
+        result.history_truncated,
     )
-    return GenerateResult(total, done, tokens_in, tokens_out, seconds, version)
+    if result.unusable:
+        log.warning(
+            "generate: %d answers stayed bad after %d attempts; stored with usable=false, "
+            "so those entities keep their previous knowledge",
+            result.unusable,
+            conf.generate.max_attempts,
+        )
+    return result
+
+
+def add_backfill_args(parser: argparse.ArgumentParser) -> None:
+    """`kar generate` options that answer only a slice of the pending prompts."""
+    parser.add_argument(
+        "--kind", choices=["users", "items"], default=None, help="only users' or items' prompts"
+    )
+    parser.add_argument(
+        "--ids-file", type=Path, default=None, help="only these entity ids (one per line)"
+    )
+    parser.add_argument(
+        "--since",
+        type=date.fromisoformat,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="only entities with an interaction on or after this day (UTC), per `samples`",
+    )
+
+
+def run_command(conf: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """`kar generate`: run the stage on the selected slice, record it in `runs`, return both."""
+    from jobs import accounting
+    from jobs.run import new_run_id
+
+    selection = Selection(
+        kind=args.kind and args.kind.removesuffix("s"),
+        ids=read_ids_file(args.ids_file) if args.ids_file else None,
+        since=datetime.combine(args.since, dtime(), UTC) if args.since else None,
+    )
+    run_id, started_at = new_run_id(), datetime.now(UTC)
+    result = run(conf, run_id, selection)
+    row = accounting.runs_row(
+        conf, run_id, "generate", result, accounting.generate_seconds(result), started_at
+    )
+    return {**asdict(result), "accounting": accounting.record(conf, row)}
 
 
 if __name__ == "__main__":

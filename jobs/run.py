@@ -15,12 +15,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from jobs import adapt, encode, generate, prepare, tables
+from jobs import accounting, adapt, encode, generate, prepare, tables
 from jobs.config import Config
 
 log = logging.getLogger(__name__)
 
-TABLE_NAMES = ("prompts", "knowledge", "embeddings", "vectors", "samples", "attributes")
+TABLE_NAMES = ("prompts", "knowledge", "embeddings", "vectors", "samples", "attributes", "runs")
 
 
 def new_run_id() -> str:
@@ -36,12 +36,19 @@ def _table_info(conf: Config, name: str) -> dict[str, Any]:
 def run(conf: Config) -> dict[str, Any]:
     """Run all stages and return the summary that `kar run` prints."""
     run_id = new_run_id()
+    started_at = datetime.now(UTC)
     log.info("run %s: outputs under %s", run_id, conf.run.output_dir)
     started = time.monotonic()
     prep = prepare.run(conf, run_id)
     gen = generate.run(conf, run_id)
     enc = encode.run(conf, run_id)
     ad = adapt.run(conf, run_id)
+    seconds = {"prepare": prep.seconds, "encode": enc.seconds, "adapt": ad.seconds}
+    seconds |= accounting.generate_seconds(gen) | {"total": time.monotonic() - started}
+    # Recorded before the summary lists table versions, so `runs` shows this run's version.
+    cost = accounting.record(
+        conf, accounting.runs_row(conf, run_id, "run", gen, seconds, started_at)
+    )
     summary = {
         "run_id": run_id,
         "prompts_generated": gen.prompts_generated,
@@ -59,8 +66,9 @@ def run(conf: Config) -> dict[str, Any]:
             "generate": round(gen.seconds, 1),
             "encode": round(enc.seconds, 1),
             "adapt": round(ad.seconds, 1),
-            "total": round(time.monotonic() - started, 1),
+            "total": round(seconds["total"], 1),
         },
+        "accounting": cost,
     }
     log.info("run %s done in %.0f s", run_id, summary["stage_seconds"]["total"])
     return summary

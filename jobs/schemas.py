@@ -46,10 +46,24 @@ KNOWLEDGE = pa.schema(
         pa.field("output_tokens", pa.int32(), nullable=False),
         # "stop" (model ended its answer) or "length" (cut at max_new_tokens).
         pa.field("finish_reason", pa.string(), nullable=False),
+        # Check of the kept answer: ok | empty | length | degenerate | refusal (jobs/llm/checks.py).
+        pa.field("status", pa.string(), nullable=False),
+        # LLM calls spent on this prompt (1 + retries of bad answers).
+        pa.field("attempts", pa.int32(), nullable=False),
+        # False: every attempt was bad (a status in generate.retry_statuses). The row only
+        # records the failure; readers of an entity's current knowledge must skip it, so the
+        # entity keeps its previous usable answer.
+        pa.field("usable", pa.bool_(), nullable=False),
+        # Oldest history items left out of the prompt to fit llm.max_model_len (0: none).
+        pa.field("history_dropped", pa.int32(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("generated_at", UTC_US, nullable=False),
     ]
 )
+
+# Delta read filter for an entity's current knowledge: answers that failed every check are
+# kept only as a record, so the latest *usable* row is the entity's knowledge.
+USABLE_KNOWLEDGE = [("usable", "=", True)]
 
 EMBEDDINGS = pa.schema(
     [
@@ -110,6 +124,35 @@ ATTRIBUTES = pa.schema(
     ]
 )
 
+# One row per generate run (alone or inside `kar run`): what it cost and what came out.
+RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("command", pa.string(), nullable=False),  # "run" | "generate"
+        pa.field("started_at", UTC_US, nullable=False),
+        pa.field("finished_at", UTC_US, nullable=False),
+        pa.field("engine", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        # Pending prompts this run was asked to answer (after --kind/--ids-file/--since).
+        pa.field("prompts", pa.int64(), nullable=False),
+        pa.field("prompts_generated", pa.int64(), nullable=False),
+        # LLM requests including retries, and the tokens of all of them.
+        pa.field("requests", pa.int64(), nullable=False),
+        pa.field("input_tokens", pa.int64(), nullable=False),
+        pa.field("output_tokens", pa.int64(), nullable=False),
+        # Output tokens per second of generation (engine start excluded).
+        pa.field("output_tokens_per_s", pa.float64(), nullable=False),
+        pa.field("stage_seconds", pa.map_(pa.string(), pa.float64()), nullable=False),
+        # Final status -> answers; unusable answers; prompts that lost history to fit.
+        pa.field("statuses", pa.map_(pa.string(), pa.int64()), nullable=False),
+        pa.field("unusable", pa.int64(), nullable=False),
+        pa.field("history_truncated", pa.int64(), nullable=False),
+        # GPU-hours these output tokens cost at generate.cluster_tokens_per_gpu_s.
+        pa.field("cluster_tokens_per_gpu_s", pa.float64(), nullable=False),
+        pa.field("gpu_hours", pa.float64(), nullable=False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "knowledge": KNOWLEDGE,
@@ -117,4 +160,5 @@ TABLES: dict[str, pa.Schema] = {
     "vectors": VECTORS,
     "samples": SAMPLES,
     "attributes": ATTRIBUTES,
+    "runs": RUNS,
 }

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
@@ -61,6 +62,17 @@ def read(path: Path, schema: pa.Schema, version: int | None = None) -> pa.Table:
     if table is None:
         return schema.empty_table()
     return conform(pa.table(table.to_pyarrow_table()), schema, path.name)
+
+
+def latest_rows(table: pa.Table, keys: list[str], order: list[str]) -> pa.Table:
+    """Per `keys`, the one row that sorts last by `order` (latest time, then tie-breakers).
+
+    Append-only tables (knowledge, embeddings) keep history; readers want the current row.
+    """
+    indexed = table.append_column("_row", pa.array(np.arange(table.num_rows)))
+    ordered = indexed.sort_by([(c, "ascending") for c in [*keys, *order]])
+    last = ordered.group_by(keys, use_threads=False).aggregate([("_row", "last")])
+    return table.take(last.column("_row_last"))
 
 
 def _commit(metadata: Mapping[str, str] | None) -> CommitProperties | None:

@@ -75,6 +75,10 @@ def write_inputs(conf, genres: dict | None = None) -> dict[tuple[str, str], np.n
             "input_tokens": 10,
             "output_tokens": 20,
             "finish_reason": "stop",
+            "status": "ok",
+            "attempts": 1,
+            "usable": True,
+            "history_dropped": 0,
             "run_id": "r",
             "generated_at": at,
         }

@@ -48,6 +48,10 @@ def knowledge(rows: list[tuple]) -> pa.Table:
             "input_tokens": pa.array([50] * n, pa.int32()),
             "output_tokens": pa.array([20] * n, pa.int32()),
             "finish_reason": ["stop"] * n,
+            "status": ["ok"] * n,
+            "attempts": pa.array([1] * n, pa.int32()),
+            "usable": [True] * n,
+            "history_dropped": pa.array([0] * n, pa.int32()),
             "run_id": ["r0"] * n,
             "generated_at": pa.array(generated_at, KNOWLEDGE.field("generated_at").type),
         }
@@ -115,9 +119,12 @@ def test_encodes_latest_knowledge_once_and_only_what_changed(conf: Config) -> No
         "Up is a 2009 Pixar film.",
         T0 + timedelta(days=7),
     )
+    # A newer answer that failed every check (usable=false) must not replace item 12's.
+    junk = knowledge([("item", "12", "i12-junk", "Movie: Alien (1979)", "the the the", T1)])
+    junk = junk.set_column(junk.schema.get_field_index("usable"), "usable", pa.array([False]))
     tables.insert_new(
         conf.table_path("knowledge"),
-        knowledge([newer]),
+        pa.concat_tables([knowledge([newer]), junk]),
         KNOWLEDGE,
         keys=["kind", "entity_id", "fingerprint"],
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +48,7 @@ def test_frozen_backbone_reads_exactly_the_stored_vectors(make_config):
         assert not model.user_matrix.requires_grad and not model.item_matrix.requires_grad
 
 
-def _knowledge_row(kind: str, eid: str, context: str, text: str) -> dict:
+def _knowledge_row(kind: str, eid: str, context: str, text: str, usable: bool = True) -> dict:
     return {
         "kind": kind,
         "entity_id": eid,
@@ -62,6 +62,10 @@ def _knowledge_row(kind: str, eid: str, context: str, text: str) -> dict:
         "input_tokens": 1,
         "output_tokens": 1,
         "finish_reason": "stop",
+        "status": "ok" if usable else "degenerate",
+        "attempts": 1 if usable else 3,
+        "usable": usable,
+        "history_dropped": 0,
         "run_id": "r",
         "generated_at": NOW,
     }
@@ -75,6 +79,11 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
             [
                 _knowledge_row("user", "u1", "Given a user, history: A", "likes dramas"),
                 _knowledge_row("item", "i1", "Movie: Heat (1995)", "a crime film"),
+                # A newer answer that stayed bad after its retries: i1 keeps the one above.
+                {
+                    **_knowledge_row("item", "i1", "Movie: Heat (1995)", "film film film", False),
+                    "generated_at": NOW + timedelta(days=7),
+                },
             ],
             schema=schemas.KNOWLEDGE,
         ),

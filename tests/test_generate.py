@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = [
     "llm.max_new_tokens=12",
     "llm.batch_size=2",
+    "generate.batch_tokens=1",  # one prompt per batch: commits below are counted exactly
+    "generate.commit_rows=4",
     "generate.num_actors=1",
     "generate.cpus_per_actor=2",
     "generate.torch_threads=2",
@@ -83,7 +85,7 @@ def test_generate_writes_knowledge_with_provenance_then_reruns_as_noop(
     prompts = _prompt_rows()
     tables.overwrite(conf.table_path("prompts"), prompts, PROMPTS)
 
-    result = generate.run(conf, "run-a", commit_rows=4)
+    result = generate.run(conf, "run-a")
 
     assert (result.prompts_total, result.prompts_generated) == (6, 6)
     knowledge = tables.read(conf.table_path("knowledge"), KNOWLEDGE)
@@ -99,9 +101,15 @@ def test_generate_writes_knowledge_with_provenance_then_reruns_as_noop(
         assert row["input_tokens"] > 50  # the instruction alone is longer than that
         assert 1 <= row["output_tokens"] <= 12
         assert row["finish_reason"] in {"stop", "length"}
+        # local.yaml does not retry cut answers, so each prompt is asked once.
+        assert row["status"] in {"ok", "length"} and row["attempts"] == 1 and row["usable"]
+        assert row["history_dropped"] == 0
         assert row["generated_at"] is not None
     assert result.input_tokens == sum(knowledge.column("input_tokens").to_pylist())
     assert result.output_tokens == sum(knowledge.column("output_tokens").to_pylist())
+    assert result.requests == 6 and result.unusable == 0
+    assert sum(result.statuses.values()) == 6
+    assert result.generate_seconds > 0 and result.engine_start_seconds > 0
     # 6 answers, a commit once >= 4 are buffered: 2 commits (versions 0, 1), not 1 per batch.
     assert result.knowledge_version == tables.version(conf.table_path("knowledge")) == 1
     assert tables.commit_metadata(conf.table_path("knowledge"), "run_id") == "run-a"
@@ -141,6 +149,10 @@ def test_generate_after_partial_run_does_only_missing_prompts(
             "input_tokens": pa.array([100] * 3, pa.int32()),
             "output_tokens": pa.array([12] * 3, pa.int32()),
             "finish_reason": ["length"] * 3,
+            "status": ["length"] * 3,
+            "attempts": pa.array([1] * 3, pa.int32()),
+            "usable": [True] * 3,
+            "history_dropped": pa.array([0] * 3, pa.int32()),
             "run_id": ["run-crashed"] * 3,
             "generated_at": pa.array([datetime.now(UTC)] * 3, KNOWLEDGE.field("generated_at").type),
         }
@@ -156,7 +168,7 @@ def test_generate_after_partial_run_does_only_missing_prompts(
     runs = dict(zip(_keys(knowledge), knowledge.column("run_id").to_pylist(), strict=True))
     assert {k for k, r in runs.items() if r == "run-crashed"} == set(_keys(done))
     assert {k for k, r in runs.items() if r == "run-resume"} == set(_keys(prompts.slice(3, 3)))
-    # One commit for the three new answers.
+    # Three new answers, commits every 4: one commit.
     assert result.knowledge_version == 1
 
 
@@ -172,3 +184,62 @@ def test_generate_refuses_prompts_prepared_for_another_model(make_config) -> Non
 def test_generate_without_prompts_table_says_to_prepare(conf: Config) -> None:
     with pytest.raises(FileNotFoundError, match="run `kar prepare`"):
         generate.run(conf, "run-y")
+
+
+def _seed_knowledge(rows: pa.Table, run_id: str, usable: bool, at: datetime) -> pa.Table:
+    n = rows.num_rows
+    return pa.table(
+        {
+            **{c: rows.column(c) for c in KEYS + PROVENANCE},
+            "text": ["earlier answer"] * n,
+            "input_tokens": pa.array([100] * n, pa.int32()),
+            "output_tokens": pa.array([12] * n, pa.int32()),
+            "finish_reason": ["stop"] * n,
+            "status": ["ok"] * n,
+            "attempts": pa.array([1] * n, pa.int32()),
+            "usable": [usable] * n,
+            "history_dropped": pa.array([0] * n, pa.int32()),
+            "run_id": [run_id] * n,
+            "generated_at": pa.array([at] * n, KNOWLEDGE.field("generated_at").type),
+        }
+    )
+
+
+def test_answers_still_bad_after_retries_are_unusable_and_old_knowledge_stays_current(
+    make_config, ray_local: None
+) -> None:
+    # 12 new tokens cut every KAR answer ("length"); retried once, sampled, still cut.
+    conf = make_config(*OVERRIDES, "generate.retry_statuses=[length]", "generate.max_attempts=2")
+    prompts = _prompt_rows()
+    tables.overwrite(conf.table_path("prompts"), prompts, PROMPTS)
+    # Item 10 has a good answer from an earlier week (its inputs changed since).
+    old = prompts.slice(3, 1).set_column(2, "fingerprint", pa.array(["fp-item-10-old"]))
+    old_at = datetime(2026, 1, 5, tzinfo=UTC)
+    tables.insert_new(
+        conf.table_path("knowledge"), _seed_knowledge(old, "week-1", True, old_at), KNOWLEDGE, KEYS
+    )
+
+    result = generate.run(conf, "run-bad")
+
+    rows = tables.read(conf.table_path("knowledge"), KNOWLEDGE).to_pylist()
+    new = [r for r in rows if r["run_id"] == "run-bad"]
+    assert len(new) == 6 and result.prompts_generated == 6
+    for r in new:
+        # Greedy attempt 1 is always cut at 12 tokens here, so each prompt was asked twice.
+        assert r["attempts"] == 2
+        assert r["usable"] == (r["status"] != "length")
+        assert r["text"]  # the bad answer is kept as a record
+    assert result.unusable == sum(not r["usable"] for r in new) >= 4
+    assert result.requests == 12
+    assert result.statuses.get("length", 0) == result.unusable
+    # Accounting counts both attempts; each knowledge row holds only the kept answer's tokens.
+    assert result.output_tokens > sum(r["output_tokens"] for r in new)
+
+    # Readers of current knowledge skip unusable rows: item 10 keeps its earlier answer.
+    from jobs.encode import pending_inputs
+
+    current = set(_keys(pending_inputs(conf)))
+    assert not next(r["usable"] for r in new if r["entity_id"] == "10")
+    assert ("item", "10", "fp-item-10-old") in current
+    unusable = {(r["kind"], r["entity_id"], r["fingerprint"]) for r in new if not r["usable"]}
+    assert not current & unusable

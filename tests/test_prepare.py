@@ -147,6 +147,10 @@ def test_run_writes_only_changed_prompts_and_unchanged_samples_once(spark, ml100
                 "input_tokens": 1,
                 "output_tokens": 1,
                 "finish_reason": "stop",
+                "status": "ok",
+                "attempts": 1,
+                "usable": True,
+                "history_dropped": 0,
                 "generated_at": now,
             }
             for r in done

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from jobs.config import LLMConf
 from jobs.llm.base import Generation
+from jobs.llm.fit import fit_prompt
 
 log = logging.getLogger(__name__)
 
@@ -35,43 +36,52 @@ class HFEngine:
         eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         eos_ids.add(self.tokenizer.eos_token_id)  # the chat turn end, e.g. <|im_end|>
         self.eos_ids = sorted(eos_ids)
-        # Seeded once per engine: sampled answers repeat for the same batches in the same order.
+        # Seeded once per engine (and per call when a seed is given): sampled answers repeat
+        # for the same batches in the same order.
         torch.manual_seed(conf.seed)
         log.info("transformers engine: %s on %s (%s)", model_dir, self.device, conf.dtype)
 
-    def _chat(self, prompts: list[str]) -> list[str]:
-        return [
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-            )
-            for p in prompts
-        ]
+    def _chat(self, prompt: str) -> str:
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
 
-    def generate(self, prompts: list[str]) -> list[Generation]:
+    def _n_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(self._chat(prompt), add_special_tokens=False)["input_ids"])
+
+    def fit(self, prompts: list[str]) -> list[tuple[str, int]]:
+        """Each prompt shortened to leave llm.max_new_tokens of the context (see fit.py)."""
+        budget = self.conf.max_model_len - self.conf.max_new_tokens
+        return [fit_prompt(p, self._n_tokens, budget) for p in prompts]
+
+    def generate(
+        self, prompts: list[str], *, seed: int | None = None, temperature: float | None = None
+    ) -> list[Generation]:
+        if seed is not None:
+            torch.manual_seed(seed)
+        temp = self.conf.temperature if temperature is None else temperature
         out: list[Generation] = []
         step = self.conf.batch_size
-        for start in range(0, len(prompts), step):
-            out.extend(self._generate_batch(prompts[start : start + step]))
+        fitted = self.fit(prompts)
+        for start in range(0, len(fitted), step):
+            out.extend(self._generate_batch(fitted[start : start + step], temp))
         return out
 
     @torch.inference_mode()
-    def _generate_batch(self, prompts: list[str]) -> list[Generation]:
+    def _generate_batch(
+        self, fitted: list[tuple[str, int]], temperature: float
+    ) -> list[Generation]:
         enc = self.tokenizer(
-            self._chat(prompts), return_tensors="pt", padding=True, add_special_tokens=False
+            [self._chat(p) for p, _ in fitted],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
         ).to(self.device)
         input_lengths = enc["attention_mask"].sum(dim=1).tolist()
-        longest = max(input_lengths)
-        if longest + self.conf.max_new_tokens > self.conf.max_model_len:
-            raise ValueError(
-                f"a prompt has {longest} tokens; with llm.max_new_tokens="
-                f"{self.conf.max_new_tokens} that exceeds llm.max_model_len="
-                f"{self.conf.max_model_len}: raise llm.max_model_len (within the model's "
-                f"context) or shorten prompts (prepare.max_prompt_history)"
-            )
-        sampling = self.conf.temperature > 0
+        sampling = temperature > 0
         kwargs: dict[str, float] = {}
         if sampling:
-            kwargs = {"temperature": self.conf.temperature, "top_p": self.conf.top_p}
+            kwargs = {"temperature": temperature, "top_p": self.conf.top_p}
         generated = self.model.generate(
             **enc,
             max_new_tokens=self.conf.max_new_tokens,
@@ -81,7 +91,7 @@ class HFEngine:
             **kwargs,
         )[:, enc["input_ids"].shape[1] :].tolist()
         results = []
-        for ids, n_in in zip(generated, input_lengths, strict=True):
+        for ids, n_in, (_, dropped) in zip(generated, input_lengths, fitted, strict=True):
             stop = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
             # After a row stops, generate pads it to the batch's length: cut at the stop token.
             kept = ids if stop is None else ids[: stop + 1]
@@ -91,6 +101,7 @@ class HFEngine:
                     input_tokens=int(n_in),
                     output_tokens=len(kept),
                     finish_reason="length" if stop is None else "stop",
+                    history_dropped=dropped,
                 )
             )
         return results
