@@ -164,21 +164,21 @@ class CTRData:
     item_matrix: torch.Tensor | None  # (N_items + 1, D_i), row 0 zero
 
 
-def split_validation(train: pa.Table, fraction: float, seed: int) -> set[str]:
-    """A seeded `fraction` of the training users (at least one, never all) for validation.
+def _labelled_user_slice(samples: pa.Table, fraction: float, seed: int, role: str) -> set[str]:
+    """A seeded `fraction` of the users (at least one, never all) for a `role` slice.
 
     AUC needs both labels, so on small data the slice grows, one user at a time in
     the same seeded order, until it holds a positive and a negative sample.
     """
     per_user: dict[str, set[int]] = {}
     for user, label in zip(
-        train.column("user_id").to_pylist(), train.column("label").to_pylist(), strict=True
+        samples.column("user_id").to_pylist(), samples.column("label").to_pylist(), strict=True
     ):
         per_user.setdefault(user, set()).add(label)
     users = sorted(per_user)
     if len(users) < 2:
         raise DataError(
-            f"the train split has {len(users)} user(s); a validation slice needs at least 2 "
+            f"{len(users)} user(s) to split; a {role} slice needs at least 2 "
             "(sample more users: data.sample.max_users)"
         )
     order = [users[i] for i in np.random.default_rng(seed).permutation(len(users))]
@@ -190,16 +190,18 @@ def split_validation(train: pa.Table, fraction: float, seed: int) -> set[str]:
     return set(order[:k])
 
 
+def split_validation(train: pa.Table, fraction: float, seed: int) -> set[str]:
+    """The training users that pick the epoch (never test users); see _labelled_user_slice."""
+    return _labelled_user_slice(train, fraction, seed, "validation")
+
+
 def resplit(samples: pa.Table, test_fraction: float, seed: int) -> pa.Table:
     """`samples` with a new 9:1-style user split: a seeded `test_fraction` of users is test.
 
     Evaluation repeats the split per seed, since on ~100 test users the AUC moves
     with the draw; comparisons are paired on one split.
     """
-    users = sorted(set(samples.column("user_id").to_pylist()))
-    order = np.random.default_rng(seed).permutation(len(users))
-    n_test = min(max(1, round(test_fraction * len(users))), len(users) - 1)
-    test = pa.array([users[i] for i in order[:n_test]], pa.string())
+    test = pa.array(sorted(_labelled_user_slice(samples, test_fraction, seed, "test")), pa.string())
     split = pc.if_else(pc.is_in(samples.column("user_id"), value_set=test), "test", "train")
     return samples.set_column(samples.schema.get_field_index("split"), "split", split)
 

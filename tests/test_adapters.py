@@ -302,6 +302,22 @@ def test_validation_slice_grows_in_seeded_order_until_it_has_both_labels():
     assert len(ctr_data.split_validation(labelled({f"u{i}": [0] for i in range(5)}), 0.1, 0)) == 4
 
 
+def test_evaluation_resplit_gives_each_seed_a_test_slice_with_both_labels():
+    users = {f"u{i}": [0, 0] for i in range(9)} | {"pos": [1]}
+    samples = labelled(users).append_column("split", pa.array(["train"] * 19))
+    sizes = []
+    for seed in range(20):
+        split = ctr_data.resplit(samples, 0.1, seed)
+        test = split.filter(pa.compute.equal(split.column("split"), "test"))
+        test_users = set(test.column("user_id").to_pylist())
+        # Both labels, or "pos" came last in the seeded order and training keeps it.
+        assert set(test.column("label").to_pylist()) == {0, 1} or len(test_users) == 9
+        assert 1 <= len(test_users) <= 9
+        assert ctr_data.resplit(samples, 0.1, seed).equals(split)  # seeded: same draw again
+        sizes.append(len(test_users))
+    assert max(sizes) > 1  # 10% alone is one user: the slice did grow
+
+
 @pytest.mark.parametrize("backbone", ["din", "deepfm", "dcnv2"])
 def test_backbone_learns_item_quality(backbone):
     samples, _, _ = synthetic(quality=0.5, taste=0.0)

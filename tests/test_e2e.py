@@ -151,7 +151,8 @@ def test_evaluate_reuses_the_knowledge_and_reports_paired_lifts(first_run, ml100
     assert {(r["backbone"], r["mode"]) for r in runs} == {
         (b, m) for b in ("din", "deepfm", "dcnv2") for m in ("none", "cotrained")
     } | {("deepfm", "frozen"), ("dcnv2", "frozen")}
-    assert all(0 < r["auc"] < 1 and r["logloss"] > 0 for r in runs)
+    # Tiny test slices (3 users) can rank perfectly; each seed's slice holds both labels.
+    assert all(0 <= r["auc"] <= 1 and r["logloss"] > 0 for r in runs)
     report = Path(result["report"]).read_text()
     assert report in proc.stdout
     assert "| DIN | cotrained | KAR: history + answer / answer |" in report
