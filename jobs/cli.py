@@ -6,6 +6,7 @@
     kar generate --kind users --ids-file ids.txt --since 2026-11-01   # backfill a slice
     kar factors discover --domain podcasts [--out factors-podcasts.yaml]
     kar vectors [--version N | --as-of 2026-11-15] [--entity user:196 ...]
+    kar publish [--online]        # feature tables (+ Feast online store)
     kar join --out train.parquet [--format delta] [--samples PATH] [--version N | --as-of ...]
 
 Input errors (config, data, factor files, schemas) exit with status 2 and a
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.add_selector_args(joiner)
     join_features.add_args(joiner)
     _add_conf_args(joiner)
+    pub = sub.add_parser("publish", help="serve the live vectors version via Feast")
+    pub.add_argument("--online", action="store_true", help="also materialize into the online store")
+    _add_conf_args(pub)
     return parser
 
 
@@ -107,6 +111,12 @@ def _dispatch(args: argparse.Namespace, conf: Config) -> None:
 
         snapshot = vectors.resolve(conf.table_path("vectors"), args.version, args.as_of)
         sys.stdout.write(json.dumps(vectors.describe(snapshot, args.entity)) + "\n")
+    elif args.command == "publish":
+        from dataclasses import asdict
+
+        from jobs import publish
+
+        sys.stdout.write(json.dumps(asdict(publish.run(conf, args.online))) + "\n")
     elif args.command == "join":
         from dataclasses import asdict
 
