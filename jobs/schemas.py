@@ -153,8 +153,9 @@ RUNS = pa.schema(
     ]
 )
 
-# Feature-store offline tables (`kar publish`): one row per entity and published vectors
-# version, keyed the way Feast's entities are; event_timestamp = the version's commit time.
+# Feature-store offline tables, written by `kar publish` (not by a run, hence not in
+# TABLES): one row per entity and published vectors version, keyed the way Feast's
+# entities are; event_timestamp = the version's commit time.
 USER_FEATURES = pa.schema(
     [
         pa.field("user_id", pa.string(), nullable=False),
@@ -181,6 +182,4 @@ TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "attributes": ATTRIBUTES,
     "runs": RUNS,
-    "features_user": USER_FEATURES,
-    "features_item": ITEM_FEATURES,
 }
