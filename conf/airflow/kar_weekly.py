@@ -1,7 +1,7 @@
 """Airflow DAG for the weekly KAR run: Spark where the stage is Spark, Ray jobs where it is Ray.
 
     prepare (spark-submit) -> generate_encode (ray job) -> adapt (ray job)
-        -> publish (ray job: kar publish --online)
+        -> publish (ray job: kar publish --online) -> report (ray job: kar report)
 
 Each stage skips work whose inputs did not change, so a retried or re-run task
 is safe. The deployment is described by environment variables of the Airflow
@@ -76,5 +76,7 @@ with DAG(
     )
     adapt = BashOperator(task_id="adapt", bash_command=ray_job(stage("adapt.py")))
     publish = BashOperator(task_id="publish", bash_command=ray_job(stage("publish.py", "--online")))
+    # The run report, from the tables, beside them (<run.output_dir>/reports/<run_id>/).
+    report = BashOperator(task_id="report", bash_command=ray_job(stage("report.py")))
 
-    prepare >> generate_encode >> adapt >> publish
+    prepare >> generate_encode >> adapt >> publish >> report
