@@ -96,11 +96,13 @@ def test_ray_jobs_run_existing_stage_scripts_with_valid_arguments(dag_info: dict
     parser = cli.build_parser()
     stages = []
     for task_id in ("generate_encode", "adapt", "publish", "report"):
-        submit, entrypoint = dag_info["tasks"][task_id]["bash"].split(" -- ", 1)
-        assert shlex.split(submit) == [
+        # As bash will split it: the whole chain must reach Ray as one entrypoint.
+        *submit, dashdash, entrypoint = shlex.split(dag_info["tasks"][task_id]["bash"])
+        assert submit == [
             "ray",
             *("job", "submit", "--address", "http://ray-head:8265", "--working-dir", str(ROOT)),
         ]
+        assert dashdash == "--"
         for command in entrypoint.split(" && "):
             python, script, *args = shlex.split(command)
             assert python == "python" and (ROOT / script).is_file(), script

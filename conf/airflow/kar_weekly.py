@@ -46,9 +46,10 @@ def ray_job(*commands: str) -> str:
     The submitter waits for the job and exits non-zero when it fails (Ray >= 2.7),
     which fails the Airflow task.
     """
+    # One quoted entrypoint: Ray runs it in a shell on the cluster, so `&&` chains there.
     entrypoint = " && ".join(commands)
     submit = [RAY, "job", "submit", "--address", RAY_ADDRESS, "--working-dir", KAR_HOME]
-    return f"{shlex.join(submit)} -- {entrypoint}"
+    return shlex.join([*submit, "--", entrypoint])
 
 
 with DAG(
