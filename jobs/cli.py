@@ -6,6 +6,8 @@
     kar generate --kind users --ids-file ids.txt --since 2026-11-01   # backfill a slice
     kar factors discover --domain podcasts [--out factors-podcasts.yaml]
     kar vectors [--version N | --as-of 2026-11-15] [--entity user:196 ...]
+    kar publish [--online]        # feature tables (+ Feast online store)
+    kar report [--run-id ID]      # (re)build the run report; prints where it is
     kar join --out train.parquet [--format delta] [--samples PATH] [--version N | --as-of ...]
 
 Input errors (config, data, factor files, schemas) exit with status 2 and a
@@ -73,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.add_selector_args(joiner)
     join_features.add_args(joiner)
     _add_conf_args(joiner)
+    pub = sub.add_parser("publish", help="serve the live vectors version via Feast")
+    pub.add_argument("--online", action="store_true", help="also materialize into the online store")
+    _add_conf_args(pub)
+    rep = sub.add_parser("report", help="build the run report (markdown + plots), print its path")
+    rep.add_argument("--run-id", default=None, help="a run in the runs table (default: latest)")
+    _add_conf_args(rep)
     return parser
 
 
@@ -107,6 +115,18 @@ def _dispatch(args: argparse.Namespace, conf: Config) -> None:
 
         snapshot = vectors.resolve(conf.table_path("vectors"), args.version, args.as_of)
         sys.stdout.write(json.dumps(vectors.describe(snapshot, args.entity)) + "\n")
+    elif args.command == "publish":
+        from dataclasses import asdict
+
+        from jobs import publish
+
+        sys.stdout.write(json.dumps(asdict(publish.run(conf, args.online))) + "\n")
+    elif args.command == "report":
+        from jobs import report
+
+        path = report.write(conf, args.run_id)
+        plots = [str(path.parent / f"{name}.png") for name in report.PLOTS]
+        sys.stdout.write(json.dumps({"report": str(path), "plots": plots}) + "\n")
     elif args.command == "join":
         from dataclasses import asdict
 

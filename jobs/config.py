@@ -270,6 +270,17 @@ class EvaluateConf(_Section):
     out_dir: Path | None = None
 
 
+class FeatureStoreConf(_Section):
+    """Where `kar publish` serves vectors: a Feast feature repo and its online store."""
+
+    # Feast feature repo (feature_store*.yaml + definitions); registry and SQLite file
+    # live under run.output_dir/feast.
+    repo: Path = Path("conf/feast")
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    # Redis connection string "host:port[,password=...]" (online_store: redis).
+    redis: str = "localhost:6379"
+
+
 class Config(_Section):
     run: RunConf = Field(default_factory=RunConf)
     data: DataConf = Field(default_factory=DataConf)
@@ -282,6 +293,7 @@ class Config(_Section):
     encoder: EncoderConf = Field(default_factory=EncoderConf)
     adapt: AdaptConf = Field(default_factory=AdaptConf)
     evaluate: EvaluateConf = Field(default_factory=EvaluateConf)
+    feature_store: FeatureStoreConf = Field(default_factory=FeatureStoreConf)
 
     def table_path(self, name: str) -> Path:
         """Where Delta table `name` lives for this run's output directory."""

@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from jobs import accounting, adapt, encode, generate, prepare, tables
+from jobs import accounting, adapt, encode, generate, prepare, report, tables
 from jobs.config import Config
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def run(conf: Config) -> dict[str, Any]:
             "total": round(seconds["total"], 1),
         },
         "accounting": cost,
+        "report": str(report.write(conf, run_id).resolve()),
     }
     log.info("run %s done in %.0f s", run_id, summary["stage_seconds"]["total"])
     return summary

@@ -153,6 +153,27 @@ RUNS = pa.schema(
     ]
 )
 
+# Feature-store offline tables, written by `kar publish` (not by a run, hence not in
+# TABLES): one row per entity and published vectors version, keyed the way Feast's
+# entities are; event_timestamp = the version's commit time.
+USER_FEATURES = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("reasoning", VECTOR, nullable=False),
+        pa.field("vectors_version", pa.int64(), nullable=False),
+        pa.field("event_timestamp", UTC_US, nullable=False),
+    ]
+)
+
+ITEM_FEATURES = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("fact", VECTOR, nullable=False),
+        pa.field("vectors_version", pa.int64(), nullable=False),
+        pa.field("event_timestamp", UTC_US, nullable=False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "knowledge": KNOWLEDGE,

@@ -114,6 +114,12 @@ def resolve(path: Path, version: int | None = None, as_of: datetime | None = Non
     return _snapshot(path, commits[-1])
 
 
+def previous(snapshot: Snapshot) -> Snapshot | None:
+    """The version published before `snapshot` (last week's vectors), or None for the first."""
+    earlier = [c for c in _commits(snapshot.path) if c["version"] < snapshot.version]
+    return _snapshot(snapshot.path, earlier[-1]) if earlier else None
+
+
 def read(snapshot: Snapshot) -> pa.Table:
     """The rows of that version, in the declared schema."""
     return tables.read(snapshot.path, schemas.VECTORS, snapshot.version)

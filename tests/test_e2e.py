@@ -92,6 +92,10 @@ def test_first_run_fills_every_table(first_run):
         assert row["llm_model"] and row["encoder_model"] and row["input_fingerprint"]
     assert 0 < summary["auc_without"] < 1 and 0 < summary["auc_with"] < 1
     assert set(summary["stage_seconds"]) >= {"prepare", "generate", "encode", "adapt", "total"}
+    report = Path(summary["report"])
+    assert report == out.resolve() / "reports" / summary["run_id"] / "report.md"
+    assert f"# KAR run report: {summary['run_id']}" in report.read_text()
+    assert (report.parent / "drift.png").is_file()
 
 
 def test_rerun_with_unchanged_input_does_nothing(first_run, ml100k):

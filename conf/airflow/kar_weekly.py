@@ -1,0 +1,83 @@
+"""Airflow DAG for the weekly KAR run: Spark where the stage is Spark, Ray jobs where it is Ray.
+
+    prepare (spark-submit) -> generate_encode (ray job) -> adapt (ray job)
+        -> publish (ray job: kar publish --online) -> report (ray job: kar report)
+
+Each stage skips work whose inputs did not change, so a retried or re-run task
+is safe. The deployment is described by environment variables of the Airflow
+scheduler/dag-processor (read when the DAG is parsed):
+
+    KAR_HOME          checkout (or unpacked release) with jobs/, conf/ and dist/kar-job.zip
+    KAR_CONF          job config, relative to KAR_HOME (default conf/cluster.yaml)
+    KAR_RAY_ADDRESS   Ray dashboard address for `ray job submit` (default http://127.0.0.1:8265)
+    KAR_RAY           `ray` executable on the Airflow worker (default: ray on PATH)
+    KAR_SPARK_CONN    Airflow connection for spark-submit (default spark_default)
+
+Copy (or symlink) this file into Airflow's dags folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from datetime import datetime, timedelta
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG
+
+KAR_HOME = os.environ.get("KAR_HOME", "/opt/kar")
+KAR_CONF = os.environ.get("KAR_CONF", "conf/cluster.yaml")
+RAY_ADDRESS = os.environ.get("KAR_RAY_ADDRESS", "http://127.0.0.1:8265")
+RAY = os.environ.get("KAR_RAY", "ray")
+SPARK_CONN = os.environ.get("KAR_SPARK_CONN", "spark_default")
+# Mondays 03:00 UTC; the cron example in conf/cron/kar-weekly uses the same line.
+SCHEDULE = "0 3 * * 1"
+
+
+def stage(script: str, *args: str) -> str:
+    """One stage script with the job config; `ray.address=auto` joins the job's Ray cluster."""
+    return shlex.join(["python", f"jobs/{script}", "--conf", KAR_CONF, *args, "ray.address=auto"])
+
+
+def ray_job(*commands: str) -> str:
+    """`ray job submit` of `commands` (run in order) with KAR_HOME as the working dir.
+
+    The submitter waits for the job and exits non-zero when it fails (Ray >= 2.7),
+    which fails the Airflow task.
+    """
+    # One quoted entrypoint: Ray runs it in a shell on the cluster, so `&&` chains there.
+    entrypoint = " && ".join(commands)
+    submit = [RAY, "job", "submit", "--address", RAY_ADDRESS, "--working-dir", KAR_HOME]
+    return shlex.join([*submit, "--", entrypoint])
+
+
+with DAG(
+    dag_id="kar_weekly",
+    description="KAR: LLM knowledge -> reasoning/fact vectors in Delta, published to Feast",
+    schedule=SCHEDULE,
+    start_date=datetime(2026, 1, 5),
+    catchup=False,
+    max_active_runs=1,  # two runs would race on the same Delta tables
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=10)},
+    tags=["kar"],
+) as dag:
+    prepare = SparkSubmitOperator(
+        task_id="prepare",
+        conn_id=SPARK_CONN,
+        application=f"{KAR_HOME}/jobs/prepare.py",
+        py_files=f"{KAR_HOME}/dist/kar-job.zip",
+        application_args=["--conf", f"{KAR_HOME}/{KAR_CONF}"],
+        name="kar-prepare",
+    )
+    generate_encode = BashOperator(
+        task_id="generate_encode",
+        bash_command=ray_job(stage("generate.py"), stage("encode.py")),
+        execution_timeout=timedelta(hours=24),
+    )
+    adapt = BashOperator(task_id="adapt", bash_command=ray_job(stage("adapt.py")))
+    publish = BashOperator(task_id="publish", bash_command=ray_job(stage("publish.py", "--online")))
+    # The run report, from the tables, beside them (<run.output_dir>/reports/<run_id>/).
+    report = BashOperator(task_id="report", bash_command=ray_job(stage("report.py")))
+
+    prepare >> generate_encode >> adapt >> publish >> report

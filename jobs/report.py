@@ -1,0 +1,314 @@
+"""Run report: what one run did and how the published vectors moved, as markdown + PNGs.
+
+Built only from the tables (runs, knowledge, vectors), so `kar run` writes it at
+the end and `kar report` rebuilds it for a run whose stages ran as separate
+jobs (Airflow). It lands beside the tables in
+`<run.output_dir>/reports/<run_id>/`:
+
+- report.md
+- stage_seconds.png  seconds per stage
+- tokens.png         input/output tokens per answer generated in this run
+- statuses.png       answer-check statuses of this run's answers
+- norms.png          L2 norms of the live vectors
+- drift.png          cosine between each entity's vector in the live and the previous
+                     version, for entities whose knowledge is unchanged vs. changed
+
+Drift reads: unchanged entities should stay near 1 (the adaptor was retrained, the
+text was not); low cosine there means the adaptor, not the LLM, moved the vectors.
+
+    kar report --conf conf/local.yaml [--run-id ID]
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs import schemas, tables, vectors
+from jobs.config import Config
+from jobs.readers import DataError
+
+log = logging.getLogger(__name__)
+
+PLOTS = ("stage_seconds", "tokens", "statuses", "norms", "drift")
+
+
+@dataclass
+class Drift:
+    """Cosine of each entity's live vector with its previous one, split by knowledge change."""
+
+    previous_version: int | None
+    # kind -> "unchanged"/"changed" -> cosines
+    cosines: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    note: str = ""
+
+
+def _run_row(conf: Config, run_id: str | None) -> dict[str, Any]:
+    runs = tables.read(conf.table_path("runs"), schemas.RUNS)
+    if run_id is not None:
+        runs = runs.filter(pc.equal(runs.column("run_id"), run_id))
+    if runs.num_rows == 0:
+        which = f"run {run_id!r}" if run_id else "any run"
+        raise DataError(
+            f"no record of {which} in {conf.table_path('runs')}; run the job first "
+            "(kar run, or kar generate) or pass a --run-id listed there"
+        )
+    rows = runs.sort_by([("finished_at", "ascending")]).to_pylist()
+    row = rows[-1]
+    return {**row, "stage_seconds": dict(row["stage_seconds"]), "statuses": dict(row["statuses"])}
+
+
+def _run_answers(conf: Config, run_id: str) -> pa.Table:
+    """kind, status and token counts of the answers this run generated."""
+    columns = ["kind", "status", "input_tokens", "output_tokens"]
+    table = tables.open_table(conf.table_path("knowledge"))
+    if table is None:
+        return schemas.KNOWLEDGE.empty_table().select(columns)
+    return table.to_pyarrow_table(columns=columns, filters=[("run_id", "=", run_id)])
+
+
+def _by_entity(rows: pa.Table) -> dict[tuple[str, str], tuple[str, np.ndarray]]:
+    return {
+        (r["kind"], r["entity_id"]): (r["fingerprint"], np.asarray(r["vector"], np.float32))
+        for r in rows.select(["kind", "entity_id", "fingerprint", "vector"]).to_pylist()
+    }
+
+
+def drift(live: vectors.Snapshot) -> Drift:
+    """Cosines between the live and the previous version for entities present in both."""
+    before = vectors.previous(live)
+    if before is None:
+        return Drift(None, note="first published version: nothing to compare with")
+    old, new = _by_entity(vectors.read(before)), _by_entity(vectors.read(live))
+    cosines: dict[str, dict[str, list[float]]] = {}
+    for (kind, entity_id), (fingerprint, vec) in new.items():
+        if (kind, entity_id) not in old:
+            continue
+        old_fp, old_vec = old[kind, entity_id]
+        if old_vec.shape != vec.shape:
+            return Drift(before.version, note="vector size changed: versions are not comparable")
+        norm = float(np.linalg.norm(vec) * np.linalg.norm(old_vec)) or 1.0
+        group = "unchanged" if fingerprint == old_fp else "changed"
+        cosines.setdefault(kind, {}).setdefault(group, []).append(float(vec @ old_vec) / norm)
+    arrays = {k: {g: np.asarray(v) for g, v in groups.items()} for k, groups in cosines.items()}
+    return Drift(before.version, arrays, "" if arrays else "no entity is in both versions")
+
+
+def _norms(rows: pa.Table) -> dict[str, np.ndarray]:
+    out = {}
+    for kind in schemas.KINDS:
+        part = rows.filter(pc.equal(rows.column("kind"), kind)).column("vector").to_pylist()
+        if part:
+            out[kind] = np.linalg.norm(np.asarray(part, np.float32), axis=1)
+    return out
+
+
+def _plots(
+    folder: Path, run: dict[str, Any], answers: pa.Table, norms: dict[str, np.ndarray], d: Drift
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / f"{name}.png", dpi=100)
+        plt.close(fig)
+
+    def empty(ax: Any, text: str) -> None:
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+
+    stages = {k: v for k, v in run["stage_seconds"].items() if k != "total"}
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(stages) + 1.5))
+    names = list(stages)[::-1]
+    ax.barh(names, [stages[n] for n in names], color="tab:blue")
+    for i, n in enumerate(names):
+        ax.text(stages[n], i, f" {stages[n]:.1f}", va="center", fontsize=8)
+    total = run["stage_seconds"].get("total")
+    ax.set_xlabel("seconds")
+    ax.set_title(f"Seconds per stage (total {total:.0f} s)" if total else "Seconds per stage")
+    save(fig, "stage_seconds")
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, column in zip(axes, ("input_tokens", "output_tokens"), strict=True):
+        if answers.num_rows == 0:
+            empty(ax, "no answers generated in this run")
+            continue
+        for kind in schemas.KINDS:
+            part = answers.filter(pc.equal(answers.column("kind"), kind)).column(column)
+            if len(part):
+                ax.hist(part.to_numpy(), bins=30, alpha=0.6, label=f"{kind}s ({len(part)})")
+        ax.set_xlabel(f"{column.replace('_', ' ')} per answer")
+        ax.set_ylabel("answers")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Tokens: {run['input_tokens']:,} in, {run['output_tokens']:,} out (all requests)")
+    save(fig, "tokens")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if answers.num_rows == 0:
+        empty(ax, "no answers generated in this run")
+    else:
+        counts = answers.group_by(["kind", "status"]).aggregate([("status", "count")]).to_pylist()
+        statuses = sorted({c["status"] for c in counts})
+        x = np.arange(len(statuses))
+        for i, kind in enumerate(schemas.KINDS):
+            n = {c["status"]: c["status_count"] for c in counts if c["kind"] == kind}
+            ax.bar(x + (i - 0.5) * 0.4, [n.get(s, 0) for s in statuses], 0.4, label=f"{kind}s")
+        ax.set_xticks(x, statuses)
+        ax.set_ylabel("answers kept")
+        ax.legend(fontsize=8)
+    ax.set_title(f"Answer statuses ({run['unusable']} unusable after retries)")
+    save(fig, "statuses")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if not norms:
+        empty(ax, "no vectors published yet")
+    for kind, values in norms.items():
+        ax.hist(values, bins=30, alpha=0.6, label=f"{kind}s ({len(values)})")
+    if norms:
+        ax.set_xlabel("L2 norm of the live vector")
+        ax.set_ylabel("entities")
+        ax.legend(fontsize=8)
+    ax.set_title("Vector norms")
+    save(fig, "norms")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    groups = [(k, g, v) for k, gs in sorted(d.cosines.items()) for g, v in sorted(gs.items())]
+    if not groups:
+        empty(ax, d.note or "no entity is in both versions")
+    else:
+        ax.boxplot([v for _, _, v in groups], vert=False)
+        ax.set_yticks(
+            range(1, len(groups) + 1), [f"{k}s, {g} text (n={len(v)})" for k, g, v in groups]
+        )
+        ax.set_xlabel(f"cosine(live vector, version {d.previous_version} vector)")
+        ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.set_title("Drift against the previous published version")
+    save(fig, "drift")
+
+
+def _markdown(
+    run: dict[str, Any],
+    live: vectors.Snapshot | None,
+    norms: dict[str, np.ndarray],
+    d: Drift,
+) -> str:
+    lines = [
+        f"# KAR run report: {run['run_id']}",
+        "",
+        f"`kar {run['command']}`, {run['started_at']:%Y-%m-%d %H:%M:%S} to "
+        f"{run['finished_at']:%H:%M:%S} UTC; engine {run['engine']}, model `{run['model_id']}`.",
+        "",
+        "## Stages",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *(f"| {k} | {v:.1f} |" for k, v in run["stage_seconds"].items()),
+        "",
+        "![seconds per stage](stage_seconds.png)",
+        "",
+        "## Generation",
+        "",
+        f"{run['prompts_generated']} of {run['prompts']} pending prompts answered with "
+        f"{run['requests']} LLM requests; {run['input_tokens']:,} input and "
+        f"{run['output_tokens']:,} output tokens ({run['output_tokens_per_s']:.1f} output "
+        f"tokens/s); {run['unusable']} answers unusable after retries; "
+        f"{run['history_truncated']} prompts lost history to fit the context; "
+        f"{run['gpu_hours']:.4f} GPU-hours at {run['cluster_tokens_per_gpu_s']:.0f} tokens/s "
+        "per GPU.",
+        "",
+        "| status | answers |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in sorted(run["statuses"].items())),
+        "",
+        "![tokens](tokens.png)",
+        "",
+        "![statuses](statuses.png)",
+        "",
+        "## Vectors",
+        "",
+    ]
+    if live is None:
+        lines += ["No vectors published yet.", ""]
+    else:
+        lines += [
+            f"Live version {live.version}, committed {live.committed_at:%Y-%m-%d %H:%M:%S} UTC.",
+            "",
+            "| kind | entities | mean norm | p5 | p95 |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {k} | {len(v)} | {v.mean():.3f} | {np.percentile(v, 5):.3f} | "
+                f"{np.percentile(v, 95):.3f} |"
+                for k, v in norms.items()
+            ),
+            "",
+            "![norms](norms.png)",
+            "",
+        ]
+    lines += ["## Drift against the previous version", ""]
+    if d.note:
+        lines += [d.note[0].upper() + d.note[1:] + ".", ""]
+    if d.cosines:
+        lines += [
+            f"Cosine between each entity's vector in version {live.version if live else '?'} "
+            f"and version {d.previous_version}; knowledge unchanged = same LLM answer.",
+            "",
+            "| kind | knowledge | entities | mean cosine | p5 |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {k} | {g} | {len(v)} | {v.mean():.3f} | {np.percentile(v, 5):.3f} |"
+                for k, gs in sorted(d.cosines.items())
+                for g, v in sorted(gs.items())
+            ),
+            "",
+        ]
+    lines += ["![drift](drift.png)", ""]
+    return "\n".join(lines)
+
+
+def folder(conf: Config, run_id: str) -> Path:
+    return conf.run.output_dir / "reports" / run_id
+
+
+def write(conf: Config, run_id: str | None = None) -> Path:
+    """Build the report of `run_id` (default: the latest run) and return its report.md.
+
+    Written into a temp folder and swapped in whole, so a reader never sees half a report.
+    """
+    run = _run_row(conf, run_id)
+    answers = _run_answers(conf, run["run_id"])
+    live = None
+    if tables.open_table(conf.table_path("vectors")) is not None:
+        live = vectors.resolve(conf.table_path("vectors"))
+    norms = _norms(vectors.read(live)) if live else {}
+    d = drift(live) if live else Drift(None, note="no vectors published yet")
+    target = folder(conf, run["run_id"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{run['run_id']}-", dir=target.parent))
+    try:
+        _plots(staging, run, answers, norms, d)
+        (staging / "report.md").write_text(_markdown(run, live, norms, d))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("run report: %s", target / "report.md")
+    return target / "report.md"
+
+
+if __name__ == "__main__":
+    from jobs import cli
+
+    cli.main(["report", *sys.argv[1:]])

@@ -1,0 +1,153 @@
+"""Feast round trip: `kar publish --online` materializes the live vectors version, and
+`get_online_features` returns exactly the Delta table's vectors (real Feast, SQLite and a
+real redis-server from Debian's package)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import redis
+from deltalake import DeltaTable
+
+from jobs import publish, schemas, tables, vectors
+from jobs.config import Config
+
+N_USERS, N_ITEMS, DIM = 40, 30, 32
+
+
+def publish_vectors(conf: Config, seed: int, n_users: int = N_USERS) -> None:
+    """One adapt-like publish: a full vectors version with random float32 vectors."""
+    rng = np.random.default_rng(seed)
+    kinds = ["user"] * n_users + ["item"] * N_ITEMS
+    ids = [f"u{i}" for i in range(n_users)] + [f"i{i}" for i in range(N_ITEMS)]
+    n = len(ids)
+    values = rng.normal(size=(n, DIM)).astype(np.float32)
+    rows = pa.table(
+        {
+            "version_id": [f"run-{seed}"] * n,
+            "kind": kinds,
+            "entity_id": ids,
+            "dim": pa.array([DIM] * n, pa.int32()),
+            "vector": pa.FixedSizeListArray.from_arrays(values.reshape(-1), DIM),
+            "fingerprint": ["fp"] * n,
+            "llm_model": ["llm"] * n,
+            "encoder_model": ["enc"] * n,
+            "adaptor": ["moe"] * n,
+            "input_fingerprint": [f"in-{seed}"] * n,
+            "created_at": pa.array([datetime.now(UTC)] * n, schemas.UTC_US),
+        }
+    )
+    tables.overwrite(conf.table_path("vectors"), rows, schemas.VECTORS)
+
+
+def delta_vectors(conf: Config) -> dict[tuple[str, str], np.ndarray]:
+    live = vectors.read(vectors.resolve(conf.table_path("vectors")))
+    return {
+        (r["kind"], r["entity_id"]): np.asarray(r["vector"], np.float32) for r in live.to_pylist()
+    }
+
+
+def assert_online_equals_delta(conf: Config) -> None:
+    expected = delta_vectors(conf)
+    store, _ = publish.feature_store(conf)
+    version = vectors.resolve(conf.table_path("vectors")).version
+    for kind, view, feature in (("user", "kar_user", "reasoning"), ("item", "kar_item", "fact")):
+        ids = sorted(i for k, i in expected if k == kind)
+        got = store.get_online_features(
+            features=[f"{view}:{feature}", f"{view}:vectors_version"],
+            entity_rows=[{f"{kind}_id": i} for i in ids],
+        ).to_dict()
+        assert got[f"{kind}_id"] == ids
+        assert got["vectors_version"] == [version] * len(ids)
+        for entity_id, value in zip(ids, got[feature], strict=True):
+            np.testing.assert_array_equal(np.asarray(value, np.float32), expected[kind, entity_id])
+
+
+def test_publish_online_sqlite_round_trip_and_new_version(make_config):
+    conf = make_config()
+    publish_vectors(conf, seed=1)
+    first = publish.run(conf, online=True)
+    assert (first.users, first.items, first.online_store) == (N_USERS, N_ITEMS, "sqlite")
+    assert_online_equals_delta(conf)
+
+    # Rerun of the same version: the feature tables gain nothing.
+    before = {
+        n: DeltaTable(str(conf.table_path(n))).to_pyarrow_table().num_rows
+        for n in ("features_user", "features_item")
+    }
+    publish.run(conf, online=True)
+    for name, rows in before.items():
+        assert DeltaTable(str(conf.table_path(name))).to_pyarrow_table().num_rows == rows
+
+    # A new weekly version (fewer users) replaces the online values; the offline
+    # feature table keeps both versions for point-in-time training joins.
+    publish_vectors(conf, seed=2, n_users=N_USERS - 5)
+    second = publish.run(conf, online=True)
+    assert second.vectors_version == first.vectors_version + 1
+    assert_online_equals_delta(conf)
+    users = DeltaTable(str(conf.table_path("features_user"))).to_pyarrow_table()
+    assert pa.schema(users.schema).equals(schemas.USER_FEATURES)
+    assert users.num_rows == N_USERS + N_USERS - 5
+    # Feast cannot delete single entity keys: an entity missing from the new version keeps
+    # its old online row, and its vectors_version tells a ranking service it is stale.
+    store, _ = publish.feature_store(conf)
+    dropped = store.get_online_features(
+        features=["kar_user:vectors_version"], entity_rows=[{"user_id": f"u{N_USERS - 1}"}]
+    ).to_dict()
+    assert dropped["vectors_version"] == [first.vectors_version]
+
+
+def test_publish_without_vectors_names_the_fix(make_config):
+    with pytest.raises(vectors.VersionError, match="kar run"):
+        publish.run(make_config(), online=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port (`make redis` installs Debian's package)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed; `make redis` installs Debian's package")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_publish_online_redis_round_trip(make_config, redis_server):
+    conf = make_config("feature_store.online_store=redis", f"feature_store.redis={redis_server}")
+    publish_vectors(conf, seed=3)
+    assert publish.run(conf, online=True).online_store == "redis"
+    host, port = redis_server.split(":")
+    assert redis.Redis(host=host, port=int(port)).dbsize() == N_USERS + N_ITEMS
+    assert not (conf.run.output_dir / "feast" / "online.db").exists()
+    assert_online_equals_delta(conf)

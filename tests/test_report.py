@@ -1,0 +1,152 @@
+"""Run report over real Delta tables: drift splits unchanged from changed entities, every plot
+is a real PNG, the CLI prints where the report is, and a missing run names the fix."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs import accounting, cli, report, schemas, tables
+from jobs.config import Config
+from jobs.readers import DataError
+
+DIM = 16
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def record_run(conf: Config, run_id: str) -> None:
+    now = datetime.now(UTC)
+    accounting.record(
+        conf,
+        {
+            "run_id": run_id,
+            "command": "run",
+            "started_at": now - timedelta(minutes=5),
+            "finished_at": now,
+            "engine": "transformers",
+            "model_id": "bundled:smollm2-135m-instruct",
+            "prompts": 6,
+            "prompts_generated": 6,
+            "requests": 7,
+            "input_tokens": 1200,
+            "output_tokens": 380,
+            "output_tokens_per_s": 42.0,
+            "stage_seconds": {"prepare": 12.0, "generate": 30.5, "encode": 4.0, "total": 50.0},
+            "statuses": {"ok": 5, "length": 1},
+            "unusable": 0,
+            "history_truncated": 1,
+            "cluster_tokens_per_gpu_s": 2500.0,
+            "gpu_hours": 0.0001,
+        },
+    )
+
+
+def write_answers(conf: Config, run_id: str, statuses: list[tuple[str, str]]) -> None:
+    n = len(statuses)
+    rows = {
+        "kind": [k for k, _ in statuses],
+        "entity_id": [str(i) for i in range(n)],
+        "fingerprint": [f"fp{i}" for i in range(n)],
+        "prompt": ["p"] * n,
+        "context": ["c"] * n,
+        "text": ["answer"] * n,
+        "model_id": ["m"] * n,
+        "factor_version": ["f"] * n,
+        "template_version": ["t"] * n,
+        "input_tokens": pa.array(range(100, 100 + n), pa.int32()),
+        "output_tokens": pa.array(range(50, 50 + n), pa.int32()),
+        "finish_reason": ["stop"] * n,
+        "status": [s for _, s in statuses],
+        "attempts": pa.array([1] * n, pa.int32()),
+        "usable": [True] * n,
+        "history_dropped": pa.array([0] * n, pa.int32()),
+        "run_id": [run_id] * n,
+        "generated_at": pa.array([datetime.now(UTC)] * n, schemas.UTC_US),
+    }
+    tables.overwrite(conf.table_path("knowledge"), pa.table(rows), schemas.KNOWLEDGE)
+
+
+def publish(conf: Config, vectors: dict[tuple[str, str], tuple[str, np.ndarray]]) -> None:
+    keys = sorted(vectors)
+    n = len(keys)
+    values = np.stack([vectors[k][1] for k in keys]).astype(np.float32)
+    rows = {
+        "version_id": ["v"] * n,
+        "kind": [k for k, _ in keys],
+        "entity_id": [i for _, i in keys],
+        "dim": pa.array([DIM] * n, pa.int32()),
+        "vector": pa.FixedSizeListArray.from_arrays(values.reshape(-1), DIM),
+        "fingerprint": [vectors[k][0] for k in keys],
+        "llm_model": ["m"] * n,
+        "encoder_model": ["e"] * n,
+        "adaptor": ["a"] * n,
+        "input_fingerprint": ["i"] * n,
+        "created_at": pa.array([datetime.now(UTC)] * n, schemas.UTC_US),
+    }
+    tables.overwrite(conf.table_path("vectors"), pa.table(rows), schemas.VECTORS)
+
+
+def test_report_drift_splits_unchanged_from_changed(make_config, capsys):
+    conf = make_config()
+    rng = np.random.default_rng(0)
+    week1 = {
+        (kind, str(i)): (f"fp-{kind}{i}", rng.normal(size=DIM))
+        for kind in ("user", "item")
+        for i in range(10)
+    }
+    publish(conf, week1)
+    # Week 2: users 0-5 keep their knowledge (vector nudged by the retrained adaptor), users
+    # 6-9 got new answers (new vectors); items are unchanged; item 9 is gone.
+    week2 = {}
+    for (kind, i), (fp, vec) in week1.items():
+        if kind == "user" and int(i) >= 6:
+            week2[kind, i] = (fp + "-new", rng.normal(size=DIM))
+        elif (kind, i) != ("item", "9"):
+            week2[kind, i] = (fp, vec + 0.05 * rng.normal(size=DIM))
+    publish(conf, week2)
+    record_run(conf, "run-2")
+    write_answers(conf, "run-2", [("user", "ok")] * 4 + [("item", "length")])
+
+    path = report.write(conf)
+    assert path == conf.run.output_dir / "reports" / "run-2" / "report.md"
+    for name in report.PLOTS:
+        png = (path.parent / f"{name}.png").read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 5000, name
+    assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".")]
+
+    d = report.drift(report.vectors.resolve(conf.table_path("vectors")))
+    assert d.previous_version == 0
+    assert {k: {g: len(v) for g, v in gs.items()} for k, gs in d.cosines.items()} == {
+        "user": {"unchanged": 6, "changed": 4},
+        "item": {"unchanged": 9},
+    }
+    assert d.cosines["user"]["unchanged"].min() > 0.95
+    assert d.cosines["user"]["changed"].max() < 0.9
+
+    text = path.read_text()
+    assert "# KAR run report: run-2" in text
+    assert "| user | unchanged | 6 |" in text and "| user | changed | 4 |" in text
+    assert "| generate | 30.5 |" in text and "| length | 1 |" in text
+    assert "Live version 1" in text
+
+    # Rebuilding (kar report) replaces the folder whole and prints where it is.
+    conf_file = conf.run.output_dir / "conf.yaml"
+    conf_file.write_text(json.dumps({"run": {"output_dir": str(conf.run.output_dir)}}))
+    cli.main(["report", "--conf", str(conf_file), "--run-id", "run-2"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["report"] == str(path)
+    assert [p.rsplit("/", 1)[1] for p in printed["plots"]] == [f"{n}.png" for n in report.PLOTS]
+
+
+def test_first_version_has_no_drift_and_unknown_run_names_the_fix(make_config):
+    conf = make_config()
+    publish(conf, {("user", "1"): ("fp", np.ones(DIM))})
+    record_run(conf, "run-1")
+    path = report.write(conf, "run-1")
+    assert "First published version: nothing to compare with." in path.read_text()
+    with pytest.raises(DataError, match="--run-id"):
+        report.write(conf, "no-such-run")
