@@ -213,7 +213,10 @@ def test_answers_still_bad_after_retries_are_unusable_and_old_knowledge_stays_cu
     prompts = _prompt_rows()
     tables.overwrite(conf.table_path("prompts"), prompts, PROMPTS)
     # Item 10 has a good answer from an earlier week (its inputs changed since).
-    old = prompts.slice(3, 1).set_column(2, "fingerprint", pa.array(["fp-item-10-old"]))
+    old = prompts.slice(3, 1)
+    old = old.set_column(
+        old.schema.get_field_index("fingerprint"), "fingerprint", pa.array(["fp-item-10-old"])
+    )
     old_at = datetime(2026, 1, 5, tzinfo=UTC)
     tables.insert_new(
         conf.table_path("knowledge"), _seed_knowledge(old, "week-1", True, old_at), KNOWLEDGE, KEYS
