@@ -88,7 +88,7 @@ class GenerateResult:
     statuses: dict[str, int] = field(default_factory=dict)
     unusable: int = 0
     history_truncated: int = 0
-    # Seconds to start the engines, and of generation proper (first batch sent to last result).
+    # Seconds to start the engines, and of generation proper (first batch sent to last commit).
     engine_start_seconds: float = 0.0
     generate_seconds: float = 0.0
 
@@ -363,7 +363,10 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
         if sum(t.num_rows for t in buffer) >= conf.generate.commit_rows:
             flush()
     if buffer:
+        # Generation time runs until the last answer is committed.
+        flushed = time.monotonic()
         flush()
+        result.generate_seconds += time.monotonic() - flushed
 
     result.statuses = dict(sorted(statuses.items()))
     result.seconds = time.monotonic() - started
