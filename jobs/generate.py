@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -144,6 +145,11 @@ class GenerationWorker:
 
     def __init__(self, llm: LLMConf, gen: GenerateConf, cache_dir: Path) -> None:
         self.llm, self.gen = llm, gen
+        if llm.engine == "vllm":
+            # Ray sets OMP_NUM_THREADS to the actor's CPUs. vLLM pins its own OpenMP threads
+            # to cores and, given that variable, keeps that many torch threads on them: on CPU
+            # hosts they spin against each other (bench/generation.py: 0.81 of a bare engine).
+            os.environ.pop("OMP_NUM_THREADS", None)
         self.engine = build_engine(llm, resolve_model(llm.model, cache_dir), gen.torch_threads)
         self.checks = AnswerChecks.from_conf(gen)
 
