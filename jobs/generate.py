@@ -32,10 +32,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from jobs import tables
-from jobs.actors import ensure_ray, pull_unordered, start_actors
+from jobs.actors import ActorStage
 from jobs.config import Config, ConfigError, GenerateConf, LLMConf, Status
 from jobs.llm import Engine, Generation, build_engine, resolve_model
 from jobs.llm.checks import AnswerChecks
@@ -153,13 +152,8 @@ class GenerationWorker:
         self.engine = build_engine(llm, resolve_model(llm.model, cache_dir), gen.torch_threads)
         self.checks = AnswerChecks.from_conf(gen)
 
-    def ready(self) -> bool:
-        """Returns once the engine is loaded (the driver times engine start with it)."""
-        return True
-
-    def generate(self, batch: tuple[int, list[str]]) -> tuple[int, list[Answer]]:
-        batch_id, prompts = batch
-        return batch_id, answer(self.engine, self.checks, prompts, self.llm, self.gen)
+    def generate(self, prompts: list[str]) -> list[Answer]:
+        return answer(self.engine, self.checks, prompts, self.llm, self.gen)
 
 
 def read_ids_file(path: Path) -> frozenset[str]:
@@ -292,37 +286,28 @@ def _answers(
     """(prompt rows, their answers) per batch, as the actors finish them."""
     texts = pending.column("prompt").to_pylist()
     ranges = token_batches(texts, conf.generate.batch_tokens, conf.llm.max_new_tokens)
-    ensure_ray(conf.ray)
-    started = time.monotonic()
     engine_conf, cache_dir = _engine_conf(conf.llm), conf.run.cache_dir.resolve()
-    actors = start_actors(GenerationWorker, conf.generate, engine_conf, conf.generate, cache_dir)
-    try:
-        ray.get([a.ready.remote() for a in actors])
-        result.engine_start_seconds = time.monotonic() - started
+    with ActorStage(
+        conf.ray, GenerationWorker, conf.generate, engine_conf, conf.generate, cache_dir
+    ) as stage:
+        result.engine_start_seconds = stage.start_seconds
         log.info(
             "generate: %d engine(s) ready in %.1f s; %d batches of <= %d tokens",
-            len(actors),
-            result.engine_start_seconds,
+            len(stage.actors),
+            stage.start_seconds,
             len(ranges),
             conf.generate.batch_tokens,
         )
         started = time.monotonic()
-        batches = pull_unordered(
-            actors,
+        for a, b, answers in stage.map_ranges(
             lambda actor, batch: actor.generate.remote(batch),
-            ((i, texts[a:b]) for i, (a, b) in enumerate(ranges)),
+            texts,
+            ranges,
             in_flight=conf.generate.batches_in_flight,
-            total=len(ranges),
             desc="generate",
-        )
-        for batch_id, answers in batches:
-            a, b = ranges[batch_id]
+        ):
             yield pending.slice(a, b - a), answers
         result.generate_seconds = time.monotonic() - started
-    finally:
-        # Free the CPUs/GPUs now: the encode stage's actors need them next.
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
 
 
 def run(conf: Config, run_id: str, selection: Selection = Selection()) -> GenerateResult:
