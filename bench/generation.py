@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -103,6 +104,9 @@ def main() -> None:
     parser.add_argument("--kv-cache-gib", type=float, default=1.0)
     args = parser.parse_args()
     logs.setup("WARNING")
+    # Ray runs its workers at nice 15; on a shared host that alone would slow the actor's
+    # engine against other load. Same priority as this process, so only the stage differs.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     with tempfile.TemporaryDirectory(prefix="kar-bench-gen-") as tmp:
         conf = bench_config(Path(tmp), args)
         prepare.run(conf, "bench-prepare")
