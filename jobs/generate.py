@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -31,10 +32,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from jobs import tables
-from jobs.actors import ensure_ray, pull_unordered, start_actors
+from jobs.actors import ActorStage
 from jobs.config import Config, ConfigError, GenerateConf, LLMConf, Status
 from jobs.llm import Engine, Generation, build_engine, resolve_model
 from jobs.llm.checks import AnswerChecks
@@ -88,7 +88,7 @@ class GenerateResult:
     statuses: dict[str, int] = field(default_factory=dict)
     unusable: int = 0
     history_truncated: int = 0
-    # Seconds to start the engines, and of generation proper (first batch sent to last result).
+    # Seconds to start the engines, and of generation proper (first batch sent to last commit).
     engine_start_seconds: float = 0.0
     generate_seconds: float = 0.0
 
@@ -144,16 +144,16 @@ class GenerationWorker:
 
     def __init__(self, llm: LLMConf, gen: GenerateConf, cache_dir: Path) -> None:
         self.llm, self.gen = llm, gen
+        if llm.engine == "vllm":
+            # Ray sets OMP_NUM_THREADS to the actor's CPUs. vLLM pins its own OpenMP threads
+            # to cores and, given that variable, keeps that many torch threads on them: on CPU
+            # hosts they spin against each other (bench/generation.py: 0.81 of a bare engine).
+            os.environ.pop("OMP_NUM_THREADS", None)
         self.engine = build_engine(llm, resolve_model(llm.model, cache_dir), gen.torch_threads)
         self.checks = AnswerChecks.from_conf(gen)
 
-    def ready(self) -> bool:
-        """Returns once the engine is loaded (the driver times engine start with it)."""
-        return True
-
-    def generate(self, batch: tuple[int, list[str]]) -> tuple[int, list[Answer]]:
-        batch_id, prompts = batch
-        return batch_id, answer(self.engine, self.checks, prompts, self.llm, self.gen)
+    def generate(self, prompts: list[str]) -> list[Answer]:
+        return answer(self.engine, self.checks, prompts, self.llm, self.gen)
 
 
 def read_ids_file(path: Path) -> frozenset[str]:
@@ -286,37 +286,28 @@ def _answers(
     """(prompt rows, their answers) per batch, as the actors finish them."""
     texts = pending.column("prompt").to_pylist()
     ranges = token_batches(texts, conf.generate.batch_tokens, conf.llm.max_new_tokens)
-    ensure_ray(conf.ray)
-    started = time.monotonic()
     engine_conf, cache_dir = _engine_conf(conf.llm), conf.run.cache_dir.resolve()
-    actors = start_actors(GenerationWorker, conf.generate, engine_conf, conf.generate, cache_dir)
-    try:
-        ray.get([a.ready.remote() for a in actors])
-        result.engine_start_seconds = time.monotonic() - started
+    with ActorStage(
+        conf.ray, GenerationWorker, conf.generate, engine_conf, conf.generate, cache_dir
+    ) as stage:
+        result.engine_start_seconds = stage.start_seconds
         log.info(
             "generate: %d engine(s) ready in %.1f s; %d batches of <= %d tokens",
-            len(actors),
-            result.engine_start_seconds,
+            len(stage.actors),
+            stage.start_seconds,
             len(ranges),
             conf.generate.batch_tokens,
         )
         started = time.monotonic()
-        batches = pull_unordered(
-            actors,
+        for a, b, answers in stage.map_ranges(
             lambda actor, batch: actor.generate.remote(batch),
-            ((i, texts[a:b]) for i, (a, b) in enumerate(ranges)),
+            texts,
+            ranges,
             in_flight=conf.generate.batches_in_flight,
-            total=len(ranges),
             desc="generate",
-        )
-        for batch_id, answers in batches:
-            a, b = ranges[batch_id]
+        ):
             yield pending.slice(a, b - a), answers
         result.generate_seconds = time.monotonic() - started
-    finally:
-        # Free the CPUs/GPUs now: the encode stage's actors need them next.
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
 
 
 def run(conf: Config, run_id: str, selection: Selection = Selection()) -> GenerateResult:
@@ -363,7 +354,10 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
         if sum(t.num_rows for t in buffer) >= conf.generate.commit_rows:
             flush()
     if buffer:
+        # Generation time runs until the last answer is committed.
+        flushed = time.monotonic()
         flush()
+        result.generate_seconds += time.monotonic() - flushed
 
     result.statuses = dict(sorted(statuses.items()))
     result.seconds = time.monotonic() - started

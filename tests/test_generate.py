@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -246,3 +251,144 @@ def test_answers_still_bad_after_retries_are_unusable_and_old_knowledge_stays_cu
     assert ("item", "10", "fp-item-10-old") in current
     unusable = {(r["kind"], r["entity_id"], r["fingerprint"]) for r in new if not r["usable"]}
     assert not current & unusable
+
+
+# Item titles for the kill tests: enough one-prompt batches that a kill lands midway.
+TITLES = [
+    "Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)", "Get Shorty (1995)",
+    "Copycat (1995)", "Twelve Monkeys (1995)", "Babe (1995)", "Dead Man Walking (1995)",
+    "Richard III (1995)", "Seven (Se7en) (1995)", "Usual Suspects, The (1995)",
+    "Mighty Aphrodite (1995)", "Postino, Il (1994)", "Antonia's Line (1995)",
+    "Braveheart (1995)", "Taxi Driver (1976)",
+]  # fmt: skip
+
+
+def _item_prompts(titles: list[str]) -> pa.Table:
+    """Item prompt rows as prepare writes them, one per title."""
+    fs = load("movies")
+    contexts = [templates.item_context(fs, t) for t in titles]
+    n = len(TITLES)
+    return pa.table(
+        {
+            "run_id": ["prep-1"] * n,
+            "kind": ["item"] * n,
+            "entity_id": [str(100 + i) for i in range(n)],
+            "prompt": [templates.item_prompt(fs, c) for c in contexts],
+            "context": contexts,
+            "fingerprint": [f"fp-{i}" for i in range(n)],
+            "model_id": [MODEL] * n,
+            "factor_version": [fs.version] * n,
+            "template_version": [templates.TEMPLATE_VERSION] * n,
+            "created_at": pa.array([datetime.now(UTC)] * n, PROMPTS.field("created_at").type),
+        }
+    )
+
+
+def _kar_generate(conf: Config, *extra: str) -> list[str]:
+    kar = Path(sys.executable).with_name("kar")
+    overrides = [f"run.output_dir={conf.run.output_dir}", f"run.cache_dir={conf.run.cache_dir}"]
+    return [str(kar), "generate", "--conf", str(ROOT / "conf" / "local.yaml"), *overrides, *extra]
+
+
+@pytest.mark.e2e
+def test_kill_9_of_a_running_generate_then_rerun_generates_only_the_missing_prompts(
+    make_config,
+) -> None:
+    extra = [*OVERRIDES, "generate.commit_rows=2", "llm.max_new_tokens=8"]
+    conf = make_config(*extra)
+    prompts = _item_prompts(TITLES)
+    tables.overwrite(conf.table_path("prompts"), prompts, PROMPTS)
+    knowledge_path = conf.table_path("knowledge")
+
+    # A new session: the driver and the local Ray it starts can all be cleaned up afterwards.
+    driver = subprocess.Popen(
+        _kar_generate(conf, *extra),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while tables.version(knowledge_path) is None:
+            assert driver.poll() is None, (
+                f"kar generate exited ({driver.returncode}) before a commit"
+            )
+            assert time.monotonic() < deadline, "no knowledge commit within 240 s"
+            time.sleep(0.1)
+        os.kill(driver.pid, signal.SIGKILL)  # the driver, midway: a commit has landed
+        assert driver.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # its Ray processes, if they outlived it
+        driver.wait()
+
+    # What the killed run left is whole, schema-true, and only part of the work.
+    before = tables.read(knowledge_path, KNOWLEDGE)
+    survived = dict(zip(_keys(before), before.column("run_id").to_pylist(), strict=True))
+    assert 2 <= before.num_rows < len(TITLES) and len(survived) == before.num_rows
+
+    rerun = subprocess.run(
+        _kar_generate(conf, *extra), cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+
+    assert summary["prompts_total"] == len(TITLES)
+    assert summary["prompts_generated"] == len(TITLES) - before.num_rows
+    after = tables.read(knowledge_path, KNOWLEDGE)
+    counts = Counter(_keys(after))
+    assert set(counts) == set(_keys(prompts)) and max(counts.values()) == 1
+    runs = dict(zip(_keys(after), after.column("run_id").to_pylist(), strict=True))
+    # The killed run's answers stay as they were; the rerun answered exactly the rest.
+    assert {k: runs[k] for k in survived} == survived
+    assert {k for k, r in runs.items() if r not in set(survived.values())} == (
+        set(_keys(prompts)) - set(survived)
+    )
+
+
+def _workers(actor_class: str) -> list:
+    """Live Ray worker processes of this test process's Ray that run `actor_class`."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.cmdline()[0].startswith(
+                f"ray::{actor_class}"
+            ):
+                found.append(proc)
+    return found
+
+
+@pytest.mark.e2e
+def test_kill_9_of_a_generation_actor_midway_restarts_it_and_loses_nothing(
+    make_config, ray_local: None
+) -> None:
+    conf = make_config(*OVERRIDES, "generate.commit_rows=2", "llm.max_new_tokens=8")
+    prompts = _item_prompts(TITLES)
+    tables.overwrite(conf.table_path("prompts"), prompts, PROMPTS)
+    knowledge_path = conf.table_path("knowledge")
+    killed: list[int] = []
+    restarted: list[int] = []
+
+    def kill_the_actor_after_a_commit() -> None:
+        deadline = time.monotonic() + 240
+        while tables.version(knowledge_path) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [actor] = _workers("GenerationWorker")
+        actor.kill()  # SIGKILL, mid-batch: it holds batches_in_flight batches
+        killed.append(actor.pid)
+        while not restarted and time.monotonic() < deadline:
+            restarted.extend(p.pid for p in _workers("GenerationWorker") if p.pid != actor.pid)
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_the_actor_after_a_commit, daemon=True)
+    killer.start()
+    result = generate.run(conf, "run-actor-killed")
+    killer.join(timeout=60)
+
+    assert killed and restarted, "the actor was not killed midway and restarted"
+    assert (result.prompts_total, result.prompts_generated) == (len(TITLES), len(TITLES))
+    knowledge = tables.read(knowledge_path, KNOWLEDGE)
+    counts = Counter(_keys(knowledge))
+    assert set(counts) == set(_keys(prompts)) and max(counts.values()) == 1
