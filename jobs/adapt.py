@@ -72,6 +72,33 @@ def adaptor_checkpoint(conf: Config, version_id: str) -> Path:
     return conf.run.output_dir / "models" / f"adaptor-{version_id}.pt"
 
 
+def ctr_inputs(
+    conf: Config,
+    samples: pa.Table,
+    attributes: pa.Table,
+    seed: int,
+    users: EntityMatrix | None,
+    items: EntityMatrix | None,
+) -> ctr_data.CTRData:
+    """CTR tensors from the prepared tables with the config's history, label and split settings.
+
+    Too little data is an InputError, so the CLI names it without a traceback.
+    """
+    try:
+        return ctr_data.build(
+            samples,
+            history_length=conf.prepare.ctr_history_length,
+            like_threshold=conf.prepare.label_threshold,
+            validation_fraction=conf.adapt.validation_fraction,
+            seed=seed,
+            users=users,
+            items=items,
+            attributes=attributes if attributes.num_rows else None,
+        )
+    except ctr_data.DataError as e:
+        raise InputError(str(e)) from e
+
+
 def current_embeddings(conf: Config) -> pa.Table:
     """kind, entity_id, fingerprint, llm_model, encoder_model, embedding: one row per entity.
 
@@ -285,19 +312,7 @@ def run(conf: Config, run_id: str) -> AdaptResult:
         )
 
     def build(users: EntityMatrix, items: EntityMatrix) -> ctr_data.CTRData:
-        try:
-            return ctr_data.build(
-                samples,
-                history_length=conf.prepare.ctr_history_length,
-                like_threshold=conf.prepare.label_threshold,
-                validation_fraction=conf.adapt.validation_fraction,
-                seed=conf.run.seed,
-                users=users,
-                items=items,
-                attributes=attributes if attributes.num_rows else None,
-            )
-        except ctr_data.DataError as e:
-            raise InputError(str(e)) from e
+        return ctr_inputs(conf, samples, attributes, conf.run.seed, users, items)
 
     data = build(entity_matrix(current, "user"), entity_matrix(current, "item"))
     without = train_and_evaluate(data, conf.adapt, conf.run.seed)

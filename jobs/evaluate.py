@@ -44,7 +44,7 @@ from adapters.moe import TOWERS, Tower
 from adapters.train import BACKBONE_NAMES, CTRModel, KarMode, TrainResult, train_and_evaluate
 from encoders.inputs import encoder_input
 from jobs import schemas, tables
-from jobs.adapt import InputError, read_vectors, vector_rows
+from jobs.adapt import InputError, ctr_inputs, read_vectors, vector_rows
 from jobs.config import Backbone, Config
 
 log = logging.getLogger(__name__)
@@ -292,19 +292,7 @@ def evaluate_seed(
     runs: list[Run] = []
 
     def build(users: EntityMatrix | None, items: EntityMatrix | None) -> ctr_data.CTRData:
-        try:
-            return ctr_data.build(
-                split,
-                history_length=conf.prepare.ctr_history_length,
-                like_threshold=conf.prepare.label_threshold,
-                validation_fraction=conf.adapt.validation_fraction,
-                seed=seed,
-                users=users,
-                items=items,
-                attributes=attributes if attributes.num_rows else None,
-            )
-        except ctr_data.DataError as e:
-            raise InputError(str(e)) from e
+        return ctr_inputs(conf, split, attributes, seed, users, items)
 
     def train(data: ctr_data.CTRData, backbone: Backbone, text: str, mode: KarMode) -> TrainResult:
         r = train_and_evaluate(data, conf.adapt, seed, mode, backbone)
