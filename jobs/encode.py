@@ -89,19 +89,8 @@ def pending_inputs(conf: Config) -> pa.Table:
         schema,
         "knowledge",
     )
-    # Latest first within each entity (fingerprint breaks exact ties deterministically),
-    # so the smallest row index of a group is its current knowledge.
-    rows = rows.sort_by(
-        [
-            ("kind", "ascending"),
-            ("entity_id", "ascending"),
-            ("generated_at", "descending"),
-            ("fingerprint", "descending"),
-        ]
-    )
-    rows = rows.append_column("_row", pa.array(np.arange(rows.num_rows), pa.int64()))
-    latest = rows.group_by(["kind", "entity_id"]).aggregate([("_row", "min")])
-    rows = rows.take(latest.column("_row_min")).drop_columns(["_row"])
+    # An entity's current knowledge: its latest usable answer (fingerprint breaks exact ties).
+    rows = tables.latest_rows(rows, ["kind", "entity_id"], ["generated_at", "fingerprint"])
     done = tables.open_table(conf.table_path("embeddings"))
     if done is not None:
         key_schema = pa.schema([EMBEDDINGS.field(k) for k in KEYS])
