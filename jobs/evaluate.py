@@ -103,31 +103,39 @@ class EntityTexts:
         return ids, texts, len(entities)
 
 
-def _latest_knowledge(conf: Config) -> pa.Table:
+def _latest_knowledge(conf: Config) -> tuple[pa.Table, pa.Table]:
+    """(latest row, latest usable row) per entity.
+
+    An answer that stayed bad after every retry (usable=false) is no
+    answer, but its context is still the entity's history, and the entity counts.
+    """
+    cols = ["kind", "entity_id", "context", "text", "model_id", "usable", "generated_at"]
     know = tables.open_table(conf.table_path("knowledge"))
-    cols = ["kind", "entity_id", "context", "text", "model_id", "generated_at", "fingerprint"]
     if know is None:
-        return pa.table({c: pa.array([], pa.string()) for c in cols[:5]})
-    # Answers that stayed bad after every retry are records only (schemas.USABLE_KNOWLEDGE).
-    rows = know.to_pyarrow_table(columns=cols, filters=schemas.USABLE_KNOWLEDGE)
-    return tables.latest_rows(rows, ["kind", "entity_id"], ["generated_at", "fingerprint"]).select(
-        cols[:5]
-    )
+        empty = pa.table({c: pa.array([], pa.string()) for c in cols[:5]})
+        return empty, empty
+    rows = know.to_pyarrow_table(columns=[*cols, "fingerprint"])
+    keys, order = ["kind", "entity_id"], ["generated_at", "fingerprint"]
+    usable = rows.filter(rows["usable"])
+    return tuple(tables.latest_rows(t, keys, order).select(cols[:5]) for t in (rows, usable))
 
 
 def entity_texts(conf: Config, attributes: pa.Table) -> EntityTexts:
-    """History parts (prompts, else knowledge), answers (knowledge), item metadata.
+    """History parts (prompts, else knowledge), answers (usable knowledge), item metadata.
 
     `prompts` holds the entities whose inputs changed at the last prepare, so its
     context is the newest; the others' current context is their knowledge's.
     """
     by_kind: dict[str, dict[str, dict[str, str]]] = {k: {} for k in TOWERS}
-    know = _latest_knowledge(conf)
-    for kind, eid, context, text in zip(
-        *(know.column(c).to_pylist() for c in ("kind", "entity_id", "context", "text")),
-        strict=True,
+    latest, answers = _latest_knowledge(conf)
+    for kind, eid, context in zip(
+        *(latest.column(c).to_pylist() for c in ("kind", "entity_id", "context")), strict=True
     ):
-        by_kind[kind][eid] = {"history": context, "answer": text}
+        by_kind[kind][eid] = {"history": context}
+    for kind, eid, text in zip(
+        *(answers.column(c).to_pylist() for c in ("kind", "entity_id", "text")), strict=True
+    ):
+        by_kind[kind][eid]["answer"] = text
     prompts = tables.read(conf.table_path("prompts"), schemas.PROMPTS)
     for kind, eid, context in zip(
         *(prompts.column(c).to_pylist() for c in ("kind", "entity_id", "context")), strict=True
@@ -144,7 +152,7 @@ def entity_texts(conf: Config, attributes: pa.Table) -> EntityTexts:
         if "history" in parts:  # the item part of the prompt: "Movie: <title> (<year>)"
             listed = ", ".join(sorted(genres.get(eid, []))) or "unknown"
             parts["metadata"] = f"{parts['history']}. Genres: {listed}."
-    return EntityTexts(by_kind, set(know.column("model_id").to_pylist()))
+    return EntityTexts(by_kind, set(answers.column("model_id").to_pylist()))
 
 
 class CachedEncoder:
@@ -434,8 +442,11 @@ def plot_lifts(rows: list[Row], path: Path, title: str) -> None:
             edgecolor="white",
             capsize=3,
         )
-        ax.text(m, yi, f" {m:+.4f}", va="center", fontsize=8)
+        # Past the error bar's end, so the whisker never crosses the number.
+        end, side = (m + sd, "left") if m >= 0 else (m - sd, "right")
+        ax.text(end, yi, f" {m:+.4f} ", va="center", ha=side, fontsize=8)
     ax.axvline(0, color="black", linewidth=0.8)
+    ax.margins(x=0.15)
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlabel("test AUC lift over the same backbone without KAR (mean ± std over seeds)")
     ax.set_title(title)

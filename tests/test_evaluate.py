@@ -84,6 +84,8 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
                     **_knowledge_row("item", "i1", "Movie: Heat (1995)", "film film film", False),
                     "generated_at": NOW + timedelta(days=7),
                 },
+                # Only a bad answer: i3 has history but no answer, and still counts.
+                _knowledge_row("item", "i3", "Movie: Fargo (1996)", "yes yes yes", False),
             ],
             schema=schemas.KNOWLEDGE,
         ),
@@ -110,10 +112,10 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
     )
     attributes = pa.table(
         {
-            "kind": ["item", "item", "item"],
-            "entity_id": ["i1", "i1", "i2"],
-            "attribute": ["genre", "genre", "genre"],
-            "value": ["Thriller", "Crime", "Children's"],
+            "kind": ["item"] * 4,
+            "entity_id": ["i1", "i1", "i2", "i3"],
+            "attribute": ["genre", "genre", "genre", "genre"],
+            "value": ["Thriller", "Crime", "Children's", "Comedy"],
         }
     )
     texts = evaluate.entity_texts(conf, attributes)
@@ -126,13 +128,16 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
     matrices, problems = evaluate.text_matrices(texts, "kar", encode)
     assert problems == [] and matrices["user"].ids == ["u1"] and matrices["item"].ids == ["i1"]
     assert seen == [["Given a user, history: A\nlikes dramas"], ["a crime film"]]
+    assert texts.texts("item", "answer")[2] == 3  # i3 counts though it has no answer
 
     seen.clear()
     matrices, _ = evaluate.text_matrices(texts, "no_llm", encode)
-    assert matrices["item"].ids == ["i1", "i2"]  # i2 has no answer yet: no LLM needed here
+    # i2 has no answer yet, i3 only a bad one: no LLM needed here
+    assert matrices["item"].ids == ["i1", "i2", "i3"]
     assert seen[1] == [
         "Movie: Heat (1995). Genres: Crime, Thriller.",
         "Movie: Babe (1995). Genres: Children's.",
+        "Movie: Fargo (1996). Genres: Comedy.",
     ]
     matrices, _ = evaluate.text_matrices(texts, "user_only", encode)
     assert set(matrices) == {"user"}
