@@ -106,8 +106,8 @@ class EntityTexts:
 def _latest_knowledge(conf: Config) -> tuple[pa.Table, pa.Table]:
     """(latest row, latest usable row) per entity.
 
-    An answer that stayed bad after every retry (usable=false) is no
-    answer, but its context is still the entity's history, and the entity counts.
+    An answer that stayed bad after every retry (usable=false) is no answer, but
+    an entity with nothing else still counts, with its context as history.
     """
     cols = ["kind", "entity_id", "context", "text", "model_id", "usable", "generated_at"]
     know = tables.open_table(conf.table_path("knowledge"))
@@ -132,10 +132,12 @@ def entity_texts(conf: Config, attributes: pa.Table) -> EntityTexts:
         *(latest.column(c).to_pylist() for c in ("kind", "entity_id", "context")), strict=True
     ):
         by_kind[kind][eid] = {"history": context}
-    for kind, eid, text in zip(
-        *(answers.column(c).to_pylist() for c in ("kind", "entity_id", "text")), strict=True
+    # The answer's own context, as the encode stage pairs them.
+    for kind, eid, context, text in zip(
+        *(answers.column(c).to_pylist() for c in ("kind", "entity_id", "context", "text")),
+        strict=True,
     ):
-        by_kind[kind][eid]["answer"] = text
+        by_kind[kind][eid] = {"history": context, "answer": text}
     prompts = tables.read(conf.table_path("prompts"), schemas.PROMPTS)
     for kind, eid, context in zip(
         *(prompts.column(c).to_pylist() for c in ("kind", "entity_id", "context")), strict=True
