@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -176,28 +178,39 @@ def test_adapt_names_the_missing_stage(make_config):
     assert tables.version(conf.table_path("vectors")) is None
 
 
-def write_live_vectors(conf, values: dict[tuple[str, str], np.ndarray]) -> int:
-    """A live vectors version as another run would have published it."""
+def vectors_table(
+    entries: Mapping[tuple[str, str], Sequence[float]], version_id: str = "live", **columns: Any
+) -> pa.Table:
+    """VECTORS rows as a run would publish them: one per (kind, entity_id) -> vector.
+
+    `columns` overrides what a version holds alike for every row (models, adaptor,
+    input fingerprint, created_at).
+    """
+    alike = {
+        "llm_model": LLM,
+        "encoder_model": ENCODER,
+        "adaptor": "test",
+        "input_fingerprint": f"{version_id}-inputs",
+        "created_at": T1,
+    } | columns
     rows = [
         {
-            "version_id": "live",
+            "version_id": version_id,
             "kind": kind,
             "entity_id": eid,
             "dim": len(vec),
-            "vector": vec.tolist(),
+            "vector": [float(x) for x in vec],
             "fingerprint": f"fp-{eid}",
-            "llm_model": LLM,
-            "encoder_model": ENCODER,
-            "adaptor": "test",
-            "input_fingerprint": "live-inputs",
-            "created_at": T1,
+            **alike,
         }
-        for (kind, eid), vec in values.items()
+        for (kind, eid), vec in entries.items()
     ]
-    path = conf.table_path("vectors")
-    return tables.overwrite(
-        path, pa.Table.from_pylist(rows, schema=schemas.VECTORS), schemas.VECTORS
-    )
+    return pa.Table.from_pylist(rows, schema=schemas.VECTORS)
+
+
+def write_live_vectors(conf, values: dict[tuple[str, str], np.ndarray]) -> int:
+    """A live vectors version as another run would have published it."""
+    return tables.overwrite(conf.table_path("vectors"), vectors_table(values), schemas.VECTORS)
 
 
 def test_gate_keeps_a_better_live_version_and_remembers_why(make_config):

@@ -10,28 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
+from test_adapt import vectors_table
 
 from jobs import cli, join_features, schemas, tables, vectors
 from jobs.vectors import VersionError
-
-
-def vector_rows(version_id: str, entries: dict[tuple[str, str], list[float]]) -> pa.Table:
-    n = len(entries)
-    return pa.table(
-        {
-            "version_id": [version_id] * n,
-            "kind": [k for k, _ in entries],
-            "entity_id": [i for _, i in entries],
-            "dim": pa.array([len(v) for v in entries.values()], pa.int32()),
-            "vector": list(entries.values()),
-            "fingerprint": ["fp"] * n,
-            "llm_model": ["llm"] * n,
-            "encoder_model": ["enc"] * n,
-            "adaptor": ["moe"] * n,
-            "input_fingerprint": ["in"] * n,
-            "created_at": pa.array([datetime.now(UTC)] * n, schemas.UTC_US),
-        }
-    )
 
 
 def sample_rows(pairs: list[tuple[str, str]]) -> pa.Table:
@@ -58,8 +40,8 @@ V1 = {("user", "u1"): [7.0, 8.0], ("item", "i1"): [9.0, 1.0], ("item", "i2"): [2
 @pytest.fixture
 def conf(make_config):
     conf = make_config()
-    tables.overwrite(conf.table_path("vectors"), vector_rows("run-a", V0), schemas.VECTORS)
-    tables.overwrite(conf.table_path("vectors"), vector_rows("run-b", V1), schemas.VECTORS)
+    tables.overwrite(conf.table_path("vectors"), vectors_table(V0, "run-a"), schemas.VECTORS)
+    tables.overwrite(conf.table_path("vectors"), vectors_table(V1, "run-b"), schemas.VECTORS)
     pairs = [("u1", "i1"), ("u2", "i2"), ("u3", "i1")]
     tables.overwrite(conf.table_path("samples"), sample_rows(pairs), schemas.SAMPLES)
     return conf

@@ -9,13 +9,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import redis
 from deltalake import DeltaTable
+from test_adapt import vectors_table
 
 from jobs import publish, schemas, tables, vectors
 from jobs.config import Config
@@ -28,22 +28,9 @@ def publish_vectors(conf: Config, seed: int, n_users: int = N_USERS) -> None:
     rng = np.random.default_rng(seed)
     kinds = ["user"] * n_users + ["item"] * N_ITEMS
     ids = [f"u{i}" for i in range(n_users)] + [f"i{i}" for i in range(N_ITEMS)]
-    n = len(ids)
-    values = rng.normal(size=(n, DIM)).astype(np.float32)
-    rows = pa.table(
-        {
-            "version_id": [f"run-{seed}"] * n,
-            "kind": kinds,
-            "entity_id": ids,
-            "dim": pa.array([DIM] * n, pa.int32()),
-            "vector": pa.FixedSizeListArray.from_arrays(values.reshape(-1), DIM),
-            "fingerprint": ["fp"] * n,
-            "llm_model": ["llm"] * n,
-            "encoder_model": ["enc"] * n,
-            "adaptor": ["moe"] * n,
-            "input_fingerprint": [f"in-{seed}"] * n,
-            "created_at": pa.array([datetime.now(UTC)] * n, schemas.UTC_US),
-        }
+    values = rng.normal(size=(len(ids), DIM)).astype(np.float32)
+    rows = vectors_table(
+        dict(zip(zip(kinds, ids, strict=True), values, strict=True)), f"run-{seed}"
     )
     tables.overwrite(conf.table_path("vectors"), rows, schemas.VECTORS)
 
