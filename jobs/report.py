@@ -83,12 +83,13 @@ def _by_entity(rows: pa.Table) -> dict[tuple[str, str], tuple[str, np.ndarray]]:
     }
 
 
-def drift(live: vectors.Snapshot) -> Drift:
-    """Cosines between the live and the previous version for entities present in both."""
+def drift(live: vectors.Snapshot, live_rows: pa.Table) -> Drift:
+    """Cosines between the live version (`live_rows`, read once by the caller) and the
+    previous one, for entities present in both."""
     before = vectors.previous(live)
     if before is None:
         return Drift(None, note="first published version: nothing to compare with")
-    old, new = _by_entity(vectors.read(before)), _by_entity(vectors.read(live))
+    old, new = _by_entity(vectors.read(before)), _by_entity(live_rows)
     cosines: dict[str, dict[str, list[float]]] = {}
     for (kind, entity_id), (fingerprint, vec) in new.items():
         if (kind, entity_id) not in old:
@@ -291,8 +292,11 @@ def write(conf: Config, run_id: str | None = None) -> Path:
     live = None
     if tables.open_table(conf.table_path("vectors")) is not None:
         live = vectors.resolve(conf.table_path("vectors"))
-    norms = _norms(vectors.read(live)) if live else {}
-    d = drift(live) if live else Drift(None, note="no vectors published yet")
+    if live is None:
+        norms, d = {}, Drift(None, note="no vectors published yet")
+    else:
+        rows = vectors.read(live)
+        norms, d = _norms(rows), drift(live, rows)
     target = folder(conf, run["run_id"])
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run['run_id']}-", dir=target.parent))

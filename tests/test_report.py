@@ -118,7 +118,8 @@ def test_report_drift_splits_unchanged_from_changed(make_config, capsys):
         assert png.startswith(PNG_MAGIC) and len(png) > 5000, name
     assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".")]
 
-    d = report.drift(report.vectors.resolve(conf.table_path("vectors")))
+    live = report.vectors.resolve(conf.table_path("vectors"))
+    d = report.drift(live, report.vectors.read(live))
     assert d.previous_version == 0
     assert {k: {g: len(v) for g, v in gs.items()} for k, gs in d.cosines.items()} == {
         "user": {"unchanged": 6, "changed": 4},
