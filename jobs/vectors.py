@@ -54,7 +54,7 @@ def parse_as_of(text: str) -> datetime:
 
 
 def add_selector_args(parser: argparse.ArgumentParser) -> None:
-    """`--version N | --as-of T`, shared by `kar vectors`, `kar join` and `kar publish`."""
+    """`--version N | --as-of T`, shared by `kar vectors` and `kar join`."""
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, default=None, help="Delta version of `vectors`")
     which.add_argument(
