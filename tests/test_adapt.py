@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from table_rows import knowledge_row, knowledge_table, vectors_table
 
 from adapters.moe import HybridExpertAdaptor
 from jobs import adapt, schemas, tables
@@ -64,26 +63,7 @@ def write_inputs(conf, genres: dict | None = None) -> dict[tuple[str, str], np.n
     )
 
     def knowledge(kind: str, eid: str, fp: str, at: datetime) -> dict:
-        return {
-            "kind": kind,
-            "entity_id": eid,
-            "fingerprint": fp,
-            "prompt": "p",
-            "context": "c",
-            "text": "t",
-            "model_id": LLM,
-            "factor_version": "f1",
-            "template_version": "t1",
-            "input_tokens": 10,
-            "output_tokens": 20,
-            "finish_reason": "stop",
-            "status": "ok",
-            "attempts": 1,
-            "usable": True,
-            "history_dropped": 0,
-            "run_id": "r",
-            "generated_at": at,
-        }
+        return knowledge_row(kind, eid, fingerprint=fp, generated_at=at, model_id=LLM)
 
     def embedding(kind: str, eid: str, fp: str, vec: np.ndarray) -> dict:
         return {
@@ -102,7 +82,7 @@ def write_inputs(conf, genres: dict | None = None) -> dict[tuple[str, str], np.n
     embs.append(embedding("item", "i0", "fp-old", rng.standard_normal(DIM)))
     tables.overwrite(
         conf.table_path("knowledge"),
-        pa.Table.from_pylist(know, schema=schemas.KNOWLEDGE),
+        knowledge_table(know),
         schemas.KNOWLEDGE,
     )
     tables.overwrite(
@@ -178,39 +158,10 @@ def test_adapt_names_the_missing_stage(make_config):
     assert tables.version(conf.table_path("vectors")) is None
 
 
-def vectors_table(
-    entries: Mapping[tuple[str, str], Sequence[float]], version_id: str = "live", **columns: Any
-) -> pa.Table:
-    """VECTORS rows as a run would publish them: one per (kind, entity_id) -> vector.
-
-    `columns` overrides what a version holds alike for every row (models, adaptor,
-    input fingerprint, created_at).
-    """
-    alike = {
-        "llm_model": LLM,
-        "encoder_model": ENCODER,
-        "adaptor": "test",
-        "input_fingerprint": f"{version_id}-inputs",
-        "created_at": T1,
-    } | columns
-    rows = [
-        {
-            "version_id": version_id,
-            "kind": kind,
-            "entity_id": eid,
-            "dim": len(vec),
-            "vector": [float(x) for x in vec],
-            "fingerprint": f"fp-{eid}",
-            **alike,
-        }
-        for (kind, eid), vec in entries.items()
-    ]
-    return pa.Table.from_pylist(rows, schema=schemas.VECTORS)
-
-
 def write_live_vectors(conf, values: dict[tuple[str, str], np.ndarray]) -> int:
     """A live vectors version as another run would have published it."""
-    return tables.overwrite(conf.table_path("vectors"), vectors_table(values), schemas.VECTORS)
+    rows = vectors_table(values, llm_model=LLM, encoder_model=ENCODER, created_at=T1)
+    return tables.overwrite(conf.table_path("vectors"), rows, schemas.VECTORS)
 
 
 def test_gate_keeps_a_better_live_version_and_remembers_why(make_config):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from table_rows import knowledge_row, knowledge_table
 
 from encoders.inputs import encoder_input
 from encoders.sentence import SentenceEncoder, resolve_encoder
@@ -29,32 +30,19 @@ ROWS = [
 ]
 
 
-def knowledge(rows: list[tuple]) -> pa.Table:
-    kind, entity_id, fingerprint, context, text, generated_at = (
-        list(c) for c in zip(*rows, strict=True)
-    )
-    n = len(rows)
-    return pa.table(
-        {
-            "kind": kind,
-            "entity_id": entity_id,
-            "fingerprint": fingerprint,
-            "prompt": [f"Analyze.\n\n{c}" for c in context],
-            "context": context,
-            "text": text,
-            "model_id": ["bundled:smollm2-135m-instruct"] * n,
-            "factor_version": ["movies-v1"] * n,
-            "template_version": ["kar-v1"] * n,
-            "input_tokens": pa.array([50] * n, pa.int32()),
-            "output_tokens": pa.array([20] * n, pa.int32()),
-            "finish_reason": ["stop"] * n,
-            "status": ["ok"] * n,
-            "attempts": pa.array([1] * n, pa.int32()),
-            "usable": [True] * n,
-            "history_dropped": pa.array([0] * n, pa.int32()),
-            "run_id": ["r0"] * n,
-            "generated_at": pa.array(generated_at, KNOWLEDGE.field("generated_at").type),
-        }
+def knowledge(rows: list[tuple], **columns: object) -> pa.Table:
+    return knowledge_table(
+        knowledge_row(
+            kind,
+            entity_id,
+            fingerprint=fingerprint,
+            prompt=f"Analyze.\n\n{context}",
+            context=context,
+            text=text,
+            generated_at=generated_at,
+            **columns,
+        )
+        for kind, entity_id, fingerprint, context, text, generated_at in rows
     )
 
 
@@ -120,8 +108,9 @@ def test_encodes_latest_knowledge_once_and_only_what_changed(conf: Config) -> No
         T0 + timedelta(days=7),
     )
     # A newer answer that failed every check (usable=false) must not replace item 12's.
-    junk = knowledge([("item", "12", "i12-junk", "Movie: Alien (1979)", "the the the", T1)])
-    junk = junk.set_column(junk.schema.get_field_index("usable"), "usable", pa.array([False]))
+    junk = knowledge(
+        [("item", "12", "i12-junk", "Movie: Alien (1979)", "the the the", T1)], usable=False
+    )
     tables.insert_new(
         conf.table_path("knowledge"),
         pa.concat_tables([knowledge([newer]), junk]),

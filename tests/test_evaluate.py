@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from table_rows import knowledge_row
 from test_adapt import write_live_vectors
 from test_adapters import build, synthetic
 
@@ -49,26 +50,17 @@ def test_frozen_backbone_reads_exactly_the_stored_vectors(make_config):
 
 
 def _knowledge_row(kind: str, eid: str, context: str, text: str, usable: bool = True) -> dict:
-    return {
-        "kind": kind,
-        "entity_id": eid,
-        "fingerprint": f"fp-{eid}",
-        "prompt": "p",
-        "context": context,
-        "text": text,
-        "model_id": "tiny-llm",
-        "factor_version": "f",
-        "template_version": "t",
-        "input_tokens": 1,
-        "output_tokens": 1,
-        "finish_reason": "stop",
-        "status": "ok" if usable else "degenerate",
-        "attempts": 1 if usable else 3,
-        "usable": usable,
-        "history_dropped": 0,
-        "run_id": "r",
-        "generated_at": NOW,
-    }
+    return knowledge_row(
+        kind,
+        eid,
+        context=context,
+        text=text,
+        model_id="tiny-llm",
+        status="ok" if usable else "degenerate",
+        attempts=1 if usable else 3,
+        usable=usable,
+        generated_at=NOW,
+    )
 
 
 def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):

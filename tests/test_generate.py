@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from table_rows import knowledge_row, knowledge_table
 
 from factors import prompts as templates
 from factors.sets import load
@@ -147,20 +148,8 @@ def test_generate_after_partial_run_does_only_missing_prompts(
     tables.overwrite(conf.table_path("prompts"), prompts, PROMPTS)
     # A crashed earlier run committed the answers of the first three prompts.
     done = prompts.slice(0, 3)
-    seeded = pa.table(
-        {
-            **{c: done.column(c) for c in KEYS + PROVENANCE},
-            "text": ["earlier answer"] * 3,
-            "input_tokens": pa.array([100] * 3, pa.int32()),
-            "output_tokens": pa.array([12] * 3, pa.int32()),
-            "finish_reason": ["length"] * 3,
-            "status": ["length"] * 3,
-            "attempts": pa.array([1] * 3, pa.int32()),
-            "usable": [True] * 3,
-            "history_dropped": pa.array([0] * 3, pa.int32()),
-            "run_id": ["run-crashed"] * 3,
-            "generated_at": pa.array([datetime.now(UTC)] * 3, KNOWLEDGE.field("generated_at").type),
-        }
+    seeded = _seed_knowledge(
+        done, "run-crashed", datetime.now(UTC), finish_reason="length", status="length"
     )
     tables.insert_new(conf.table_path("knowledge"), seeded, KNOWLEDGE, keys=KEYS)
 
@@ -191,22 +180,12 @@ def test_generate_without_prompts_table_says_to_prepare(conf: Config) -> None:
         generate.run(conf, "run-y")
 
 
-def _seed_knowledge(rows: pa.Table, run_id: str, usable: bool, at: datetime) -> pa.Table:
-    n = rows.num_rows
-    return pa.table(
-        {
-            **{c: rows.column(c) for c in KEYS + PROVENANCE},
-            "text": ["earlier answer"] * n,
-            "input_tokens": pa.array([100] * n, pa.int32()),
-            "output_tokens": pa.array([12] * n, pa.int32()),
-            "finish_reason": ["stop"] * n,
-            "status": ["ok"] * n,
-            "attempts": pa.array([1] * n, pa.int32()),
-            "usable": [usable] * n,
-            "history_dropped": pa.array([0] * n, pa.int32()),
-            "run_id": [run_id] * n,
-            "generated_at": pa.array([at] * n, KNOWLEDGE.field("generated_at").type),
-        }
+def _seed_knowledge(rows: pa.Table, run_id: str, at: datetime, **columns: object) -> pa.Table:
+    """Answers an earlier run committed for these prompts."""
+    return knowledge_table(
+        knowledge_row(**r, text="earlier answer", input_tokens=100, output_tokens=12)
+        | {"run_id": run_id, "generated_at": at, **columns}
+        for r in rows.select(KEYS + PROVENANCE).to_pylist()
     )
 
 
@@ -224,7 +203,7 @@ def test_answers_still_bad_after_retries_are_unusable_and_old_knowledge_stays_cu
     )
     old_at = datetime(2026, 1, 5, tzinfo=UTC)
     tables.insert_new(
-        conf.table_path("knowledge"), _seed_knowledge(old, "week-1", True, old_at), KNOWLEDGE, KEYS
+        conf.table_path("knowledge"), _seed_knowledge(old, "week-1", old_at), KNOWLEDGE, KEYS
     )
 
     result = generate.run(conf, "run-bad")

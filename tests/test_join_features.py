@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
-from test_adapt import vectors_table
+from table_rows import vectors_table
 
 from jobs import cli, join_features, schemas, tables, vectors
 from jobs.vectors import VersionError

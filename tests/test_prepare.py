@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
+from table_rows import knowledge_row, knowledge_table
 
 from factors import sets
 from jobs import prepare, schemas, tables
@@ -139,23 +140,9 @@ def test_run_writes_only_changed_prompts_and_unchanged_samples_once(spark, ml100
     # Pretend three entities were generated: the next prepare must skip exactly those.
     now = datetime.now(UTC)
     done = pending.slice(0, 3).to_pylist()
-    knowledge = pa.Table.from_pylist(
-        [
-            {
-                **r,
-                "text": "x",
-                "input_tokens": 1,
-                "output_tokens": 1,
-                "finish_reason": "stop",
-                "status": "ok",
-                "attempts": 1,
-                "usable": True,
-                "history_dropped": 0,
-                "generated_at": now,
-            }
-            for r in done
-        ],
-        schema=schemas.KNOWLEDGE,
+    knowledge = knowledge_table(
+        knowledge_row(**r, text="x", input_tokens=1, output_tokens=1, generated_at=now)
+        for r in done
     )
     tables.overwrite(conf.table_path("knowledge"), knowledge, schemas.KNOWLEDGE)
     second = prepare.run(conf, "r2", spark)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import redis
 from deltalake import DeltaTable
-from test_adapt import vectors_table
+from table_rows import vectors_table
 
 from jobs import publish, schemas, tables, vectors
 from jobs.config import Config

@@ -7,8 +7,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import pyarrow as pa
 import pytest
+from table_rows import knowledge_row, knowledge_table, vectors_table
 
 from jobs import accounting, cli, report, schemas, tables
 from jobs.config import Config
@@ -46,48 +46,33 @@ def record_run(conf: Config, run_id: str) -> None:
 
 
 def write_answers(conf: Config, run_id: str, statuses: list[tuple[str, str]]) -> None:
-    n = len(statuses)
-    rows = {
-        "kind": [k for k, _ in statuses],
-        "entity_id": [str(i) for i in range(n)],
-        "fingerprint": [f"fp{i}" for i in range(n)],
-        "prompt": ["p"] * n,
-        "context": ["c"] * n,
-        "text": ["answer"] * n,
-        "model_id": ["m"] * n,
-        "factor_version": ["f"] * n,
-        "template_version": ["t"] * n,
-        "input_tokens": pa.array(range(100, 100 + n), pa.int32()),
-        "output_tokens": pa.array(range(50, 50 + n), pa.int32()),
-        "finish_reason": ["stop"] * n,
-        "status": [s for _, s in statuses],
-        "attempts": pa.array([1] * n, pa.int32()),
-        "usable": [True] * n,
-        "history_dropped": pa.array([0] * n, pa.int32()),
-        "run_id": [run_id] * n,
-        "generated_at": pa.array([datetime.now(UTC)] * n, schemas.UTC_US),
-    }
-    tables.overwrite(conf.table_path("knowledge"), pa.table(rows), schemas.KNOWLEDGE)
+    rows = knowledge_table(
+        knowledge_row(
+            kind,
+            str(i),
+            fingerprint=f"fp{i}",
+            text="answer",
+            model_id="m",
+            input_tokens=100 + i,
+            output_tokens=50 + i,
+            status=status,
+            run_id=run_id,
+            generated_at=datetime.now(UTC),
+        )
+        for i, (kind, status) in enumerate(statuses)
+    )
+    tables.overwrite(conf.table_path("knowledge"), rows, schemas.KNOWLEDGE)
 
 
 def publish(conf: Config, vectors: dict[tuple[str, str], tuple[str, np.ndarray]]) -> None:
-    keys = sorted(vectors)
-    n = len(keys)
-    values = np.stack([vectors[k][1] for k in keys]).astype(np.float32)
-    rows = {
-        "version_id": ["v"] * n,
-        "kind": [k for k, _ in keys],
-        "entity_id": [i for _, i in keys],
-        "dim": pa.array([DIM] * n, pa.int32()),
-        "vector": pa.FixedSizeListArray.from_arrays(values.reshape(-1), DIM),
-        "fingerprint": [vectors[k][0] for k in keys],
-        "llm_model": ["m"] * n,
-        "encoder_model": ["e"] * n,
-        "adaptor": ["a"] * n,
-        "input_fingerprint": ["i"] * n,
-        "created_at": pa.array([datetime.now(UTC)] * n, schemas.UTC_US),
-    }
-    tables.overwrite(conf.table_path("vectors"), pa.table(rows), schemas.VECTORS)
+    """A new vectors version: (kind, id) -> (knowledge fingerprint, vector)."""
+    rows = vectors_table(
+        {k: v for k, (_, v) in vectors.items()},
+        "v",
+        fingerprints={k: fp for k, (fp, _) in vectors.items()},
+        created_at=datetime.now(UTC),
+    )
+    tables.overwrite(conf.table_path("vectors"), rows, schemas.VECTORS)
 
 
 def test_report_drift_splits_unchanged_from_changed(make_config, capsys):
