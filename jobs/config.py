@@ -8,6 +8,7 @@ Single keys are overridden from the command line as `section.key=value`
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,20 @@ class RunConf(_Section):
     cache_dir: Path = Path(".cache/kar")
     seed: int = 42
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # The run's cutoff: interactions at or after it are ignored, as if the run happened then
+    # (replays, backfills). None: now. A time without a zone is UTC.
+    as_of: datetime | None = None
+
+    @field_validator("as_of")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    def cutoff(self) -> datetime:
+        """`as_of`, or now when it is not set (read once per stage: the run's cutoff)."""
+        return self.as_of or datetime.now(UTC)
 
 
 class FileConf(_Section):
@@ -81,10 +96,31 @@ class DataConf(_Section):
 
 class PrepareConf(_Section):
     label_threshold: float = 3.0
+    # Which interactions a user prompt lists (README, "Two history windows"):
+    # production: the latest max_prompt_history before run.as_of (what the weekly run
+    # publishes); evaluation: KAR's cut, the first n = min((len+1)//2, max_prompt_history).
+    window: Literal["production", "evaluation"] = "production"
     max_prompt_history: int = Field(default=30, gt=0)
     test_fraction: float = Field(default=0.1, gt=0, lt=1)
     ctr_history_length: int = Field(default=10, gt=0)
     include_demographics: bool = True
+
+
+class RefreshConf(_Section):
+    """When a user's knowledge is regenerated in the production window (items: on any change).
+
+    A user whose window changed is refreshed once it gained `min_new_interactions`
+    interactions since its current knowledge, or once that knowledge is
+    `max_age_days` old (by the data cutoffs, run.as_of); until then it is stale and
+    keeps its knowledge. An unchanged window is fresh, whatever its age.
+    """
+
+    min_new_interactions: int = Field(default=5, gt=0)
+    max_age_days: float = Field(default=28.0, gt=0)
+    # Users with no knowledge that ended before their latest interaction (new users; every
+    # user on a first run) also get KAR's-cut prompt, so the adaptor has leak-free text to
+    # train on. At most this many per run (a seeded choice); null: all of them, 0: none.
+    bootstrap_users: int | None = Field(default=None, ge=0)
 
 
 class SparkConf(_Section):
@@ -285,6 +321,7 @@ class Config(_Section):
     run: RunConf = Field(default_factory=RunConf)
     data: DataConf = Field(default_factory=DataConf)
     prepare: PrepareConf = Field(default_factory=PrepareConf)
+    refresh: RefreshConf = Field(default_factory=RefreshConf)
     spark: SparkConf = Field(default_factory=SparkConf)
     ray: RayConf = Field(default_factory=RayConf)
     factors: FactorsConf = Field(default_factory=FactorsConf)

@@ -57,6 +57,10 @@ _FROM_PROMPT = [
     "model_id",
     "factor_version",
     "template_version",
+    "window",
+    "as_of",
+    "history_end",
+    "settings",
 ]
 
 

@@ -1,10 +1,18 @@
-"""prepare (Spark): raw interactions -> prompts for changed entities + CTR samples.
+"""prepare (Spark): raw interactions -> prompts for entities due a new answer + CTR samples.
 
-Per user, the time-ordered history is cut KAR's way: the first
-n = min((len+1)//2, max_prompt_history) interactions feed the prompt, CTR
-samples start at index n, so no sample's label is in its own prompt. Every
-entity's prompt inputs are fingerprinted; only entities whose fingerprint has
-no knowledge yet are written to `prompts`, which makes the weekly run
+Only interactions before the run's cutoff (run.as_of) count. A user prompt
+lists one of two history windows (prepare.window): production, the latest
+max_prompt_history interactions (what the weekly run publishes), or KAR's
+evaluation cut, the first n = min((len+1)//2, max_prompt_history). CTR samples
+start at KAR's cut; adapt trains each user's text only against samples after
+the prompt that produced it (jobs/knowledge.py), so no label is in its prompt.
+
+Every entity's prompt inputs are fingerprinted. An item is due a new answer when
+its fingerprint has none; a user in the production window when the refresh
+policy says so (RefreshConf): a window that gained enough interactions or
+knowledge that is too old. Users without knowledge that ended before their
+latest interaction also get KAR's-cut prompt (bootstrap), the adaptor's
+leak-free training text. Due prompts go to `prompts`, which makes the weekly run
 incremental and a rerun after a crash resume where it stopped.
 """
 
@@ -14,6 +22,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +32,7 @@ from pyspark.sql.types import StringType
 
 from factors import prompts, sets
 from factors.sets import FactorSet
-from jobs import readers, schemas, tables
+from jobs import knowledge, readers, schemas, tables
 from jobs.config import Config
 from jobs.spark import read_delta, session, to_arrow
 
@@ -35,6 +44,11 @@ class PrepareResult:
     users: int
     items: int
     prompts_pending: int
+    # kind -> state -> entities: fresh (answer of this exact prompt exists), new (no
+    # answer yet), refreshed (due a new one), stale (changed, not due: keeps its answer).
+    refresh: dict[str, dict[str, int]]
+    # Users that also got KAR's-cut prompt (training text for the adaptor).
+    bootstrap: int
     samples: int
     prompts_version: int | None
     samples_version: int | None
@@ -69,13 +83,38 @@ def sample(raw: readers.RawData, conf: Config) -> readers.RawData:
 
 
 def user_histories(inter: DataFrame, items: DataFrame, conf: Config) -> DataFrame:
-    """One row per user: time-ordered `history` (timestamp, item_id, rating, title) and cut `n`."""
+    """One row per user: time-ordered `history` (timestamp, item_id, rating, title), its
+    `length` and KAR's cut `n`."""
     events = inter.join(items.select("item_id", "title"), "item_id")
     # Struct order makes sort_array order by timestamp, then item id: a stable time order.
     history = F.sort_array(F.collect_list(F.struct("timestamp", "item_id", "rating", "title")))
     length = F.size("history")
     cut = F.least(F.floor((length + 1) / 2), F.lit(conf.prepare.max_prompt_history))
-    return events.groupBy("user_id").agg(history.alias("history")).withColumn("n", cut.cast("int"))
+    return (
+        events.groupBy("user_id")
+        .agg(history.alias("history"))
+        .withColumn("length", length.cast("int"))
+        .withColumn("n", cut.cast("int"))
+    )
+
+
+def user_windows(hist: DataFrame, window: str, conf: Config) -> DataFrame:
+    """user_id, window, history_end and `prompt_history`: the interactions a prompt lists.
+
+    production: the latest max_prompt_history (history_end = length);
+    evaluation: KAR's cut, the first n (history_end = n).
+    """
+    if window == "production":
+        start = F.greatest(F.col("length") - conf.prepare.max_prompt_history, F.lit(0))
+        end = F.col("length")
+    else:
+        start, end = F.lit(0), F.col("n")
+    return hist.select(
+        "user_id",
+        F.lit(window).alias("window"),
+        end.cast("int").alias("history_end"),
+        F.slice("history", start + 1, end - start).alias("prompt_history"),
+    )
 
 
 def split_users(hist: DataFrame, conf: Config) -> DataFrame:
@@ -116,43 +155,144 @@ def _user_context_udf(fs: FactorSet, with_demographics: bool) -> Column:
     return F.udf(render, StringType(), useArrow=True)
 
 
-def entity_prompts(hist: DataFrame, raw: readers.RawData, conf: Config, fs: FactorSet) -> DataFrame:
-    """Every current user and item with its prompt, context and fingerprint."""
-    users = hist.select("user_id", F.slice("history", 1, F.col("n")).alias("prompt_history"))
-    if raw.users is not None:
-        users = users.join(raw.users, "user_id", "left")
-    else:
-        users = users.withColumn("attributes", F.lit(None).cast("map<string,string>"))
-    render_user = _user_context_udf(fs, conf.prepare.include_demographics)
-    user_rows = users.select(
-        F.lit("user").alias("kind"),
-        F.col("user_id").alias("entity_id"),
-        render_user("prompt_history", "attributes").alias("context"),
-    ).withColumn("prompt", F.udf(lambda c: prompts.user_prompt(fs, c), StringType())("context"))
-
-    item_rows = raw.items.select(
-        F.lit("item").alias("kind"),
-        F.col("item_id").alias("entity_id"),
-        F.udf(lambda t: prompts.item_context(fs, t), StringType())("title").alias("context"),
-    ).withColumn("prompt", F.udf(lambda c: prompts.item_prompt(fs, c), StringType())("context"))
-
+def settings(conf: Config, fs: FactorSet) -> str:
+    """Everything besides the prompt text that changes the answer: template, factors, model
+    and its sampling settings (engine and batch size do not belong here)."""
     llm = conf.llm
-    # Everything that changes the answer: prompt text (history, metadata, factors, template)
-    # and the model with its sampling settings. Engine and batch size do not belong here.
-    salt = (
+    return (
         f"{prompts.TEMPLATE_VERSION}|{fs.version}|{llm.model}|"
         f"{llm.max_new_tokens}|{llm.temperature}|{llm.top_p}|{llm.seed}"
     )
-    return user_rows.unionByName(item_rows).select(
+
+
+def user_prompts(
+    windows: DataFrame, users: DataFrame | None, conf: Config, fs: FactorSet
+) -> DataFrame:
+    """kind, entity_id, context, window, history_end, prompt of each user window."""
+    if users is not None:
+        windows = windows.join(users, "user_id", "left")
+    else:
+        windows = windows.withColumn("attributes", F.lit(None).cast("map<string,string>"))
+    render_user = _user_context_udf(fs, conf.prepare.include_demographics)
+    return windows.select(
+        F.lit("user").alias("kind"),
+        F.col("user_id").alias("entity_id"),
+        render_user("prompt_history", "attributes").alias("context"),
+        "window",
+        "history_end",
+    ).withColumn("prompt", F.udf(lambda c: prompts.user_prompt(fs, c), StringType())("context"))
+
+
+def item_prompts(items: DataFrame, fs: FactorSet) -> DataFrame:
+    """kind, entity_id, context, window, history_end, prompt of each item."""
+    return items.select(
+        F.lit("item").alias("kind"),
+        F.col("item_id").alias("entity_id"),
+        F.udf(lambda t: prompts.item_context(fs, t), StringType())("title").alias("context"),
+        F.lit("item").alias("window"),
+        F.lit(0).alias("history_end"),
+    ).withColumn("prompt", F.udf(lambda c: prompts.item_prompt(fs, c), StringType())("context"))
+
+
+def fingerprinted(rows: DataFrame, conf: Config, fs: FactorSet, as_of: datetime) -> DataFrame:
+    """Prompt rows in the PROMPTS layout (less run_id, created_at) with their fingerprint."""
+    salt = settings(conf, fs)
+    return rows.select(
         "kind",
         "entity_id",
         "prompt",
         "context",
         F.sha2(F.concat_ws("\u0001", F.lit(salt), "kind", "prompt"), 256).alias("fingerprint"),
-        F.lit(llm.model).alias("model_id"),
+        F.lit(conf.llm.model).alias("model_id"),
         F.lit(fs.version).alias("factor_version"),
         F.lit(prompts.TEMPLATE_VERSION).alias("template_version"),
+        "window",
+        F.lit(as_of).cast("timestamp").alias("as_of"),
+        F.col("history_end").cast("int").alias("history_end"),
+        F.lit(salt).alias("settings"),
     )
+
+
+def entity_prompts(
+    windows: DataFrame, raw: readers.RawData, conf: Config, fs: FactorSet, as_of: datetime
+) -> DataFrame:
+    """Every user window (`user_windows`) and item with its prompt and fingerprint."""
+    rows = user_prompts(windows, raw.users, conf, fs).unionByName(item_prompts(raw.items, fs))
+    return fingerprinted(rows, conf, fs, as_of)
+
+
+def current_knowledge(know: DataFrame) -> DataFrame:
+    """Each entity's current usable answer: the Spark twin of knowledge.current (same ORDER)."""
+    latest = Window.partitionBy(*knowledge.ENTITY).orderBy(
+        *[F.col(c).desc_nulls_last() for c in knowledge.ORDER]
+    )
+    return (
+        know.where(F.col("usable"))
+        .withColumn("_rank", F.row_number().over(latest))
+        .where(F.col("_rank") == 1)
+        .drop("_rank")
+    )
+
+
+def refresh_states(current: DataFrame, know: DataFrame, conf: Config, as_of: datetime) -> DataFrame:
+    """`current` prompts with a `state`: fresh | new | refreshed | stale (PrepareResult.refresh).
+
+    Items, and users outside the production window, are refreshed whenever their
+    prompt changed; production-window users follow the refresh policy.
+    """
+    done = know.select(*knowledge.ENTITY, "fingerprint").distinct().withColumn("_done", F.lit(True))
+    cur = current_knowledge(know).select(
+        *knowledge.ENTITY,
+        F.lit(True).alias("_has"),
+        F.col("as_of").alias("_as_of"),
+        F.col("history_end").alias("_end"),
+        F.col("settings").alias("_settings"),
+    )
+    policy = conf.refresh
+    gained = F.col("history_end") - F.col("_end")
+    age_days = (F.unix_timestamp(F.lit(as_of).cast("timestamp")) - F.unix_timestamp("_as_of")) / (
+        knowledge.SECONDS_PER_DAY
+    )
+    due = (
+        (F.col("window") != "production")
+        | F.col("_end").isNull()
+        | F.col("_as_of").isNull()
+        | ~F.col("_settings").eqNullSafe(F.col("settings"))
+        | (gained >= policy.min_new_interactions)
+        | (gained < 0)  # history rewritten: the old answer describes interactions now gone
+        | (age_days >= policy.max_age_days)
+    )
+    state = (
+        F.when(F.col("_done").isNotNull(), "fresh")
+        .when(F.col("_has").isNull(), "new")
+        .when(due, "refreshed")
+        .otherwise("stale")
+    )
+    return (
+        current.join(done, [*knowledge.ENTITY, "fingerprint"], "left")
+        .join(cur, knowledge.ENTITY, "left")
+        .withColumn("state", state)
+        .drop("_done", "_has", "_as_of", "_end", "_settings")
+    )
+
+
+def bootstrap_users(hist: DataFrame, know: DataFrame, conf: Config) -> DataFrame:
+    """Users (hist rows) with no usable answer whose prompt ended before their latest
+    interaction, i.e. no text the adaptor could train on; at most refresh.bootstrap_users,
+    a seeded choice."""
+    covered = (
+        know.where(F.col("usable") & (F.col("kind") == "user"))
+        .select(F.col("entity_id").alias("user_id"), "history_end")
+        .join(hist.select("user_id", "length"), "user_id")
+        .where(F.col("history_end") < F.col("length"))
+        .select("user_id")
+        .distinct()
+    )
+    chosen = hist.where(F.col("length") >= 2).join(covered, "user_id", "left_anti")
+    limit = conf.refresh.bootstrap_users
+    if limit is not None:
+        chosen = chosen.orderBy(F.xxhash64("user_id", F.lit(conf.run.seed)), "user_id").limit(limit)
+    return chosen
 
 
 def entity_attributes(raw: readers.RawData) -> DataFrame:
@@ -221,35 +361,57 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     started = time.monotonic()
     spark = spark or session(conf.spark, app_name=f"kar-prepare-{run_id}")
     fs = sets.load(conf.factors.domain, conf.factors.file)
+    as_of = conf.run.cutoff()
     raw = sample(readers.read(spark, conf.data), conf)
+    # Sampled before the cutoff, so replays of one dataset at several cutoffs share a sample.
+    before = raw.interactions.where(F.col("timestamp") < int(as_of.timestamp()))
+    raw = readers.RawData(interactions=before, items=raw.items, users=raw.users)
 
     hist = user_histories(raw.interactions, raw.items, conf).cache()
     splits = split_users(hist, conf)
     samples = ctr_samples(hist, splits, conf).cache()
-    current = entity_prompts(hist, raw, conf, fs)
+    current = entity_prompts(user_windows(hist, conf.prepare.window, conf), raw, conf, fs, as_of)
 
-    done = read_delta(spark, conf.table_path("knowledge"), schemas.KNOWLEDGE).select(
-        "kind", "entity_id", "fingerprint"
-    )
-    pending = current.join(done, ["kind", "entity_id", "fingerprint"], "left_anti").select(
-        F.lit(run_id).alias("run_id"),
-        "*",
-        F.current_timestamp().alias("created_at"),
+    knowledge_path = conf.table_path("knowledge")
+    tables.evolve(knowledge_path, schemas.KNOWLEDGE)
+    know = read_delta(spark, knowledge_path, schemas.KNOWLEDGE)
+    states = refresh_states(current, know, conf, as_of).cache()
+    due = states.where(F.col("state").isin("new", "refreshed")).drop("state")
+    n_boot, boot = 0, states.limit(0)
+    if conf.prepare.window == "production":
+        boot = user_windows(bootstrap_users(hist, know, conf), "evaluation", conf)
+        boot = fingerprinted(user_prompts(boot, raw.users, conf, fs), conf, fs, as_of)
+        answered = know.select(*knowledge.ENTITY, "fingerprint")
+        boot = boot.join(answered, [*knowledge.ENTITY, "fingerprint"], "left_anti").cache()
+        n_boot = boot.count()
+        due = due.unionByName(boot)
+    pending = due.select(
+        F.lit(run_id).alias("run_id"), "*", F.current_timestamp().alias("created_at")
     )
     pending_rows = to_arrow(pending, schemas.PROMPTS, "prompts")
+    refresh: dict[str, dict[str, int]] = {}
+    for row in states.groupBy("kind", "state").count().collect():
+        refresh.setdefault(row["kind"], {})[row["state"]] = row["count"]
+    states.unpersist()
     n_users, n_items = hist.count(), raw.items.count()
     log.info(
-        "%d users, %d items; %d prompts changed since the last run (%d users, %d items)",
+        "%d users, %d items before %s; %d prompts due: users %s, items %s, %d bootstrap "
+        "(KAR's cut for adaptor training)",
         n_users,
         n_items,
+        as_of.isoformat(),
         pending_rows.num_rows,
-        sum(k == "user" for k in pending_rows.column("kind").to_pylist()),
-        sum(k == "item" for k in pending_rows.column("kind").to_pylist()),
+        refresh.get("user", {}),
+        refresh.get("item", {}),
+        n_boot,
     )
     prompts_path = conf.table_path("prompts")
     # Always record this run's pending set (possibly empty): generate reads exactly it.
     prompts_version = tables.overwrite(
-        prompts_path, pending_rows, schemas.PROMPTS, metadata={"run_id": run_id}
+        prompts_path,
+        pending_rows,
+        schemas.PROMPTS,
+        metadata={"run_id": run_id, "as_of": as_of.isoformat()},
     )
 
     samples_path = conf.table_path("samples")
@@ -269,12 +431,14 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         content_digest(attributes),
         run_id,
     )
-    hist.unpersist()
-    samples.unpersist()
+    for frame in (hist, samples, boot):
+        frame.unpersist()
     return PrepareResult(
         users=n_users,
         items=n_items,
         prompts_pending=pending_rows.num_rows,
+        refresh=refresh,
+        bootstrap=n_boot,
         samples=n_samples,
         prompts_version=prompts_version,
         samples_version=samples_version,

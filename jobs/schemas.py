@@ -13,6 +13,21 @@ UTC_US = pa.timestamp("us", tz="UTC")
 VECTOR = pa.list_(pa.float32())
 KINDS = ("user", "item")
 
+# Which interactions a prompt covers and under which settings, so a later run can tell
+# what its knowledge saw (refresh policy) and what it must not train on (adapt).
+# Nullable in `knowledge`: rows written before these columns existed hold nulls.
+WINDOW_FIELDS = [
+    # "production" (latest interactions before as_of), "evaluation" (KAR's cut) or "item".
+    pa.field("window", pa.string()),
+    # The run's data cutoff: the prompt saw only interactions before it.
+    pa.field("as_of", UTC_US),
+    # The prompt covers the user's time-ordered interactions [.., history_end): a CTR
+    # sample at position >= history_end is outside it. 0 for items.
+    pa.field("history_end", pa.int32()),
+    # Template, factor and model settings the fingerprint was salted with.
+    pa.field("settings", pa.string()),
+]
+
 PROMPTS = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -27,6 +42,7 @@ PROMPTS = pa.schema(
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("factor_version", pa.string(), nullable=False),
         pa.field("template_version", pa.string(), nullable=False),
+        *[f.with_nullable(False) for f in WINDOW_FIELDS],
         pa.field("created_at", UTC_US, nullable=False),
     ]
 )
@@ -58,6 +74,7 @@ KNOWLEDGE = pa.schema(
         pa.field("history_dropped", pa.int32(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("generated_at", UTC_US, nullable=False),
+        *WINDOW_FIELDS,
     ]
 )
 

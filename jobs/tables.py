@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Field, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,11 @@ def latest_rows(table: pa.Table, keys: list[str], order: list[str]) -> pa.Table:
     Append-only tables (knowledge, embeddings) keep history; readers want the current row.
     """
     indexed = table.append_column("_row", pa.array(np.arange(table.num_rows)))
-    ordered = indexed.sort_by([(c, "ascending") for c in [*keys, *order]])
+    # Nulls sort first: a row that lacks an ordering value (written before the column
+    # existed) is older than any row that has it.
+    ordered = indexed.sort_by(
+        [(c, "ascending") for c in [*keys, *order]], null_placement="at_start"
+    )
     last = ordered.group_by(keys, use_threads=False).aggregate([("_row", "last")])
     return table.take(last.column("_row_last"))
 
@@ -84,7 +88,14 @@ def overwrite(
 ) -> int:
     """Replace the table's contents in one commit; returns the new Delta version."""
     data = conform(data, schema, path.name)
-    write_deltalake(str(path), data, mode="overwrite", commit_properties=_commit(metadata))
+    # schema_mode: a table written by an older release takes the declared schema.
+    write_deltalake(
+        str(path),
+        data,
+        mode="overwrite",
+        schema_mode="overwrite",
+        commit_properties=_commit(metadata),
+    )
     new = DeltaTable(str(path)).version()
     log.info("wrote %d rows to %s (version %d)", data.num_rows, path, new)
     return new
@@ -121,6 +132,28 @@ def insert_new(
     )
     log.debug("merge into %s: %s", path, metrics)
     return table.version()
+
+
+def evolve(path: Path, schema: pa.Schema) -> None:
+    """Add the declared nullable columns an existing table lacks (tables of older releases).
+
+    Old rows read as null in them; a no-op for a missing or up-to-date table.
+    """
+    table = open_table(path)
+    if table is None:
+        return
+    have = set(table.schema().to_arrow().names)
+    missing = [f for f in schema if f.name not in have]
+    if not missing:
+        return
+    required = [f.name for f in missing if not f.nullable]
+    if required:
+        raise SchemaError(
+            f"table {path.name!r} at {path} lacks required column(s) {required}; "
+            "it was written by an incompatible release: move it away and rerun"
+        )
+    table.alter.add_columns([Field.from_arrow(f) for f in missing])
+    log.info("table %s: added column(s) %s", path.name, [f.name for f in missing])
 
 
 def commit_metadata(path: Path, key: str) -> str | None:

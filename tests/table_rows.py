@@ -41,6 +41,10 @@ def knowledge_row(kind: str, entity_id: str, **columns: Any) -> dict[str, Any]:
         "history_dropped": 0,
         "run_id": "r",
         "generated_at": WHEN,
+        "window": "production" if kind == "user" else "item",
+        "as_of": WHEN,
+        "history_end": 0,
+        "settings": "s",
     } | columns
 
 

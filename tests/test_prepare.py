@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -11,6 +12,7 @@ from table_rows import knowledge_row, knowledge_table
 from factors import sets
 from jobs import prepare, schemas, tables
 from jobs.readers import RawData
+from jobs.spark import read_delta
 
 FS = sets.load("movies")
 
@@ -75,13 +77,41 @@ def test_user_split_is_exact_and_seeded(spark, make_config):
     assert test_users != {u for u, r in other.items() if r["split"] == "test"}
 
 
-def test_prompts_hold_only_the_prompt_part_of_history(raw, make_config):
-    conf = make_config()
+AS_OF = datetime(2026, 11, 30, tzinfo=UTC)
+
+
+def prompt_rows(raw: RawData, conf, window: str | None = None) -> dict:
     hist = prepare.user_histories(raw.interactions, raw.items, conf)
-    rows = {
-        (r["kind"], r["entity_id"]): r
-        for r in prepare.entity_prompts(hist, raw, conf, FS).collect()
+    windows = prepare.user_windows(hist, window or conf.prepare.window, conf)
+    return {
+        (r["kind"], r["entity_id"]): r.asDict()
+        for r in prepare.entity_prompts(windows, raw, conf, FS, AS_OF).collect()
     }
+
+
+def listed(row: dict) -> list[int]:
+    """Movie numbers a prompt lists, in order."""
+    return [int(t) for t in re.findall(r'"Movie (\d+) \(1995\)"', row["prompt"])]
+
+
+def test_production_lists_the_latest_items_evaluation_the_first(raw, make_config):
+    conf = make_config()
+    production = prompt_rows(raw, conf, "production")[("user", "u3")]
+    evaluation = prompt_rows(raw, conf, "evaluation")[("user", "u3")]
+    # u3 has 70 interactions, Movie 0 oldest; the window holds prepare.max_prompt_history = 30.
+    assert listed(production) == list(range(40, 70))
+    assert (production["window"], production["history_end"]) == ("production", 70)
+    assert listed(evaluation) == list(range(30))  # KAR's cut n = min(35, 30)
+    assert (evaluation["window"], evaluation["history_end"]) == ("evaluation", 30)
+    assert production["fingerprint"] != evaluation["fingerprint"]
+    assert production["as_of"] == AS_OF.replace(tzinfo=None)  # Spark rows are naive UTC
+    items = prompt_rows(raw, conf)[("item", "i7")]
+    assert (items["window"], items["history_end"]) == ("item", 0)
+
+
+def test_prompts_hold_only_the_prompt_part_of_history(raw, make_config):
+    conf = make_config("prepare.window=evaluation")
+    rows = prompt_rows(raw, conf)
     u1 = rows[("user", "u1")]
     assert u1["prompt"].startswith("Analyze the user's preferences on movies")
     assert (
@@ -101,11 +131,7 @@ def test_fingerprint_changes_only_with_inputs(raw, make_config, spark):
     conf = make_config()
 
     def fingerprints(conf, raw):
-        hist = prepare.user_histories(raw.interactions, raw.items, conf)
-        return {
-            (r["kind"], r["entity_id"]): r["fingerprint"]
-            for r in prepare.entity_prompts(hist, raw, conf, FS).collect()
-        }
+        return {k: r["fingerprint"] for k, r in prompt_rows(raw, conf).items()}
 
     base = fingerprints(conf, raw)
     assert fingerprints(conf, raw) == base
@@ -133,20 +159,24 @@ def test_attributes_hold_genres_year_and_demographics(raw):
 def test_run_writes_only_changed_prompts_and_unchanged_samples_once(spark, ml100k, make_config):
     conf = make_config("data.sample.max_items=20", "data.sample.max_users=15")
     first = prepare.run(conf, "r1", spark)
-    assert (first.users, first.items, first.prompts_pending) == (15, 20, 35)
+    # Production window: 15 users + 20 items, and KAR's cut of all 15 users (bootstrap).
+    assert (first.users, first.items, first.prompts_pending) == (15, 20, 50)
+    assert first.bootstrap == 15
+    assert first.refresh == {"user": {"new": 15}, "item": {"new": 20}}
     pending = tables.read(conf.table_path("prompts"), schemas.PROMPTS)
     assert set(pending.column("run_id").to_pylist()) == {"r1"}
+    assert pending.column("window").to_pylist().count("evaluation") == 15
 
     # Pretend three entities were generated: the next prepare must skip exactly those.
     now = datetime.now(UTC)
-    done = pending.slice(0, 3).to_pylist()
+    done = [r for r in pending.to_pylist() if r["window"] != "evaluation"][:3]
     knowledge = knowledge_table(
         knowledge_row(**r, text="x", input_tokens=1, output_tokens=1, generated_at=now)
         for r in done
     )
     tables.overwrite(conf.table_path("knowledge"), knowledge, schemas.KNOWLEDGE)
     second = prepare.run(conf, "r2", spark)
-    assert second.prompts_pending == 32
+    assert second.prompts_pending == 47
     assert second.samples_version == first.samples_version  # same samples: no new version
     assert tables.version(conf.table_path("attributes")) == 0  # unchanged: not rewritten
     attrs = tables.read(conf.table_path("attributes"), schemas.ATTRIBUTES)
@@ -155,3 +185,59 @@ def test_run_writes_only_changed_prompts_and_unchanged_samples_once(spark, ml100
     samples = tables.read(conf.table_path("samples"), schemas.SAMPLES)
     assert samples.num_rows == first.samples
     assert set(samples.column("split").to_pylist()) == {"train", "test"}
+
+
+def test_refresh_policy_keeps_fresh_and_stale_and_refreshes_what_is_due(raw, make_config, spark):
+    conf = make_config("refresh.min_new_interactions=5", "refresh.max_age_days=28")
+    prompts = prompt_rows(raw, conf)
+    week_ago = AS_OF - timedelta(days=7)
+
+    def answered(key, **columns):
+        return knowledge_row(**{**prompts[key], "as_of": week_ago, **columns})
+
+    knowledge = [
+        answered(("user", "u1"), fingerprint="old-u1", history_end=0),  # 5 new: due
+        answered(("user", "u2")),  # this exact prompt: fresh
+        answered(("user", "u3"), fingerprint="old-u3", history_end=68),  # 2 new: stale
+        answered(("item", "i0")),
+        answered(("item", "i1"), fingerprint="old-i1"),  # title changed: refreshed
+    ]
+    path = conf.table_path("knowledge")
+    tables.overwrite(path, knowledge_table(knowledge), schemas.KNOWLEDGE)
+
+    def states(conf) -> dict:
+        current = spark.createDataFrame(list(prompt_rows(raw, conf).values()))
+        know = read_delta(spark, path, schemas.KNOWLEDGE)
+        rows = prepare.refresh_states(current, know, conf, AS_OF).collect()
+        return {(r["kind"], r["entity_id"]): r["state"] for r in rows}
+
+    got = states(conf)
+    assert {k: got[k] for k in [("user", "u1"), ("user", "u2"), ("user", "u3")]} == {
+        ("user", "u1"): "refreshed",
+        ("user", "u2"): "fresh",
+        ("user", "u3"): "stale",
+    }
+    assert (got[("item", "i0")], got[("item", "i1")], got[("item", "i2")]) == (
+        "fresh",
+        "refreshed",
+        "new",
+    )
+    # Knowledge older than max_age_days, or from other model settings, is refreshed too.
+    assert states(make_config("refresh.max_age_days=7"))[("user", "u3")] == "refreshed"
+    knowledge[2]["settings"] = "other-model"
+    tables.overwrite(path, knowledge_table(knowledge), schemas.KNOWLEDGE)
+    assert states(conf)[("user", "u3")] == "refreshed"
+    # KAR's cut refreshes on any change: stale exists only in the production window.
+    assert states(make_config("prepare.window=evaluation"))[("user", "u3")] == "refreshed"
+
+
+def test_only_interactions_before_the_cutoff_count(raw, make_config, spark, ml100k):
+    conf = make_config(
+        "data.sample.max_items=20", "data.sample.max_users=15", "run.as_of=1997-11-01"
+    )
+    prepare.run(conf, "r1", spark)
+    samples = tables.read(conf.table_path("samples"), schemas.SAMPLES)
+    cutoff = int(datetime(1997, 11, 1, tzinfo=UTC).timestamp())
+    assert 0 < max(samples.column("timestamp").to_pylist()) < cutoff
+    prompts = tables.read(conf.table_path("prompts"), schemas.PROMPTS)
+    assert set(prompts.column("as_of").to_pylist()) == {datetime(1997, 11, 1, tzinfo=UTC)}

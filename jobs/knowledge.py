@@ -1,0 +1,97 @@
+"""The `knowledge` table's read rules: an entity's current answer, and leak-free training pairs.
+
+The table is append-only: every answer stays, keyed by (kind, entity_id,
+fingerprint), with the window its prompt covered (schemas.WINDOW_FIELDS).
+Stages that need "the current knowledge" or "what the adaptor may train on"
+read it through here, so the rules are spelled once.
+
+Like the stages that call them, these read the requested columns of the whole
+table into one process (issue 10 moves them onto Ray Data / Spark).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs import schemas, tables
+
+ENTITY = ["kind", "entity_id"]
+# An entity's current knowledge sorts last: the latest data cutoff wins; at one cutoff the
+# production window beats KAR's cut (bootstrap prompts), then the latest answer wins.
+# Rows of older releases (null as_of) sort first. The Spark twin is in jobs/prepare.py.
+ORDER = ["as_of", "window", "generated_at", "fingerprint"]
+SECONDS_PER_DAY = 86_400
+
+
+def read_usable(path: Path, columns: list[str]) -> pa.Table:
+    """`columns` (plus ENTITY and ORDER) of every usable answer, in the declared types.
+
+    Answers that failed every check are kept only as a record (usable=false).
+    """
+    wanted = list(dict.fromkeys([*ENTITY, *ORDER, *columns]))
+    schema = pa.schema([schemas.KNOWLEDGE.field(c) for c in wanted])
+    table = tables.open_table(path)
+    if table is None:
+        return schema.empty_table()
+    rows = table.to_pyarrow_table(columns=wanted, filters=schemas.USABLE_KNOWLEDGE)
+    return tables.conform(pa.table(rows), schema, "knowledge")
+
+
+def current(rows: pa.Table) -> pa.Table:
+    """Each entity's current knowledge among `rows` (one row per kind, entity_id)."""
+    return tables.latest_rows(rows, ENTITY, ORDER)
+
+
+def ages_days(rows: pa.Table, as_of: datetime) -> np.ndarray:
+    """Days between each row's data cutoff and `as_of` (rows of older releases: left out)."""
+    cutoffs = rows.column("as_of").drop_null()
+    seconds = pc.subtract(pa.scalar(as_of, schemas.UTC_US), cutoffs).cast(pa.duration("s"))
+    return seconds.cast(pa.int64()).to_numpy(zero_copy_only=False) / SECONDS_PER_DAY
+
+
+def age_summary(ages: np.ndarray) -> dict[str, float | int]:
+    """Entities, median, p90 and max age in days: the run summary's view of live knowledge."""
+    if ages.size == 0:
+        return {"entities": 0}
+    p50, p90 = np.percentile(ages, [50, 90])
+    return {
+        "entities": int(ages.size),
+        "p50": round(float(p50), 1),
+        "p90": round(float(p90), 1),
+        "max": round(float(ages.max()), 1),
+    }
+
+
+def _lookup(keys: pa.ChunkedArray, ids: pa.Array, values: pa.Array) -> pa.Array:
+    """`values[i]` for each key equal to `ids[i]`; null for keys not in `ids`."""
+    return pc.take(values, pc.index_in(keys, value_set=ids))
+
+
+def after_prompts(samples: pa.Table, ids: pa.Array, history_end: pa.Array) -> pa.Table:
+    """`samples` without any interaction inside the prompt of user `ids[i]` (positions before
+    `history_end[i]`); users not in `ids` keep every sample."""
+    end = _lookup(samples.column("user_id"), ids, history_end)
+    inside = pc.fill_null(pc.less(samples.column("position"), end), False)
+    return samples.filter(pc.invert(inside))
+
+
+def training_users(samples: pa.Table, users: pa.Table) -> pa.Table:
+    """Per user, the knowledge the adaptor may train with against `samples`.
+
+    `users` are candidate rows (user knowledge with an embedding). A row qualifies
+    if its prompt ended before the user's last sample (history_end <= that
+    position), so at least one sample lies after it; of those, the user's current
+    one (ORDER) is chosen. On a weekly run that is last run's knowledge against this
+    week's interactions; on a first run it is the bootstrap prompt (KAR's cut).
+    Use with `after_prompts(samples, chosen.entity_id, chosen.history_end)`.
+    """
+    last = samples.group_by("user_id").aggregate([("position", "max")])
+    users = users.filter(pc.is_valid(users.column("history_end")))
+    limit = _lookup(users.column("entity_id"), last.column("user_id"), last.column("position_max"))
+    fits = pc.fill_null(pc.less_equal(users.column("history_end"), limit), False)
+    return current(users.filter(fits))
