@@ -1,18 +1,27 @@
 """adapt: train the hybrid-expert adaptor against a backbone and publish reasoning / fact vectors.
 
-Reads `samples`, `attributes`, `knowledge` (each entity's current fingerprint =
-its latest answer, and the LLM that gave it) and `embeddings` (the text vectors
-of those answers). Trains the backbone (adapt.backbone, DIN by default) alone
-and with the co-trained adaptor on the same split, seed and epochs, logs both
-AUCs, then runs every embedded entity through its adaptor tower.
+Reads `samples`, `attributes`, `knowledge` (each entity's current answer, the
+LLM that gave it, and the window its prompt covered) and `embeddings` (the text
+vectors of those answers). Trains the backbone (adapt.backbone, DIN by default)
+alone and with the co-trained adaptor on the same split, seed and epochs, logs
+both AUCs, then runs every entity's current text through its adaptor tower.
+
+No leakage (README, "Two history windows"): a user's text is trained only
+against CTR samples after the prompt that produced it. Per user that is the
+current answer among those whose prompt ended before the user's last sample:
+last week's answer against this week's interactions, or on a first run the
+bootstrap answer from KAR's cut against the samples after the cut; the
+samples inside that prompt are dropped. Users without such an answer train as
+users without text.
 
 Publish gate: when a live vectors version exists, the backbone is trained once
-with the live vectors and once with the new ones as frozen inputs (what a
-downstream ranker sees), on today's samples, split and seed. The new version
-is written (one overwrite commit) only if its held-out AUC is not worse than
-the live one's by more than adapt.gate.tolerance; otherwise the live version
-stays and the result says why. If nothing the stage reads has changed since
-the last decision, it trains nothing and writes nothing.
+with the live vectors and once with the new adaptor's as frozen inputs (what a
+downstream ranker sees), on today's training samples after both the live
+vector's prompt and the training text's, with the same split and seed. The new
+version is written (one overwrite commit) only if its held-out AUC is not worse
+than the live one's by more than adapt.gate.tolerance; otherwise the live
+version stays and the result says why. If nothing the stage reads has changed
+since the last decision, it trains nothing and writes nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from adapters import data as ctr_data
 from adapters.data import EntityMatrix
 from adapters.moe import TOWERS, HybridExpertAdaptor, Tower
 from adapters.train import train_and_evaluate
-from jobs import schemas, tables
+from jobs import knowledge, schemas, tables
 from jobs.config import Config
 from jobs.readers import DataError
 
@@ -99,25 +108,23 @@ def ctr_inputs(
         raise InputError(str(e)) from e
 
 
-def current_embeddings(conf: Config) -> pa.Table:
-    """kind, entity_id, fingerprint, llm_model, encoder_model, embedding: one row per entity.
+def embedded_knowledge(conf: Config) -> tuple[pa.Table, pa.Table]:
+    """(current, users): knowledge rows with their text embedding, one per entity for
+    `current` (what vectors are exported from), every usable user row for `users` (what
+    the adaptor may train on, jobs/knowledge.training_users).
 
-    An entity's current knowledge is its latest answer; an embedding counts only
-    if it was computed from that answer (older answers' vectors are stale).
+    Columns kind, entity_id, fingerprint, llm_model, history_end, encoder_model, dim,
+    embedding (+ knowledge.ORDER). An entity's current knowledge is its latest usable
+    answer; an embedding counts only if it was computed from that answer.
     """
-    know = tables.open_table(conf.table_path("knowledge"))
-    if know is None or know.to_pyarrow_table(columns=["kind"]).num_rows == 0:
+    path = conf.table_path("knowledge")
+    know = knowledge.read_usable(path, ["model_id", "history_end"])
+    if know.num_rows == 0:
         raise InputError(
-            f"knowledge table at {conf.table_path('knowledge')} is missing or empty; "
+            f"knowledge table at {path} is missing or has no usable answer; "
             "run the generate stage first (kar generate)"
         )
-    cols = ["kind", "entity_id", "fingerprint", "model_id", "generated_at"]
-    latest = tables.latest_rows(
-        know.to_pyarrow_table(columns=cols, filters=schemas.USABLE_KNOWLEDGE),
-        ["kind", "entity_id"],
-        ["generated_at", "fingerprint"],
-    ).select(["kind", "entity_id", "fingerprint", "model_id"])
-    latest = latest.rename_columns({"model_id": "llm_model"})
+    know = know.rename_columns(["llm_model" if c == "model_id" else c for c in know.column_names])
 
     emb = tables.read(conf.table_path("embeddings"), schemas.EMBEDDINGS)
     if emb.num_rows == 0:
@@ -130,17 +137,21 @@ def current_embeddings(conf: Config) -> pa.Table:
     newest = tables.latest_rows(emb, keys, ["encoded_at", "encoder_model"]).select(
         [*keys, "encoder_model", "dim", "embedding"]
     )
-    # Arrow joins cannot carry list columns: join row numbers, then take the vectors.
-    slim = newest.drop_columns(["embedding"]).append_column(
-        "_row", pa.array(np.arange(newest.num_rows))
-    )
-    joined = slim.join(latest, keys, join_type="inner").sort_by(
-        [("kind", "ascending"), ("entity_id", "ascending")]
-    )
-    joined = joined.append_column(
-        "embedding", newest.column("embedding").take(joined.column("_row"))
-    ).drop_columns(["_row"])
-    stale = latest.num_rows - joined.num_rows
+
+    def with_embeddings(rows: pa.Table) -> pa.Table:
+        # Arrow joins cannot carry list columns: join row numbers, then take the vectors.
+        slim = newest.drop_columns(["embedding"]).append_column(
+            "_row", pa.array(np.arange(newest.num_rows))
+        )
+        joined = slim.join(rows, keys, join_type="inner").sort_by(
+            [("kind", "ascending"), ("entity_id", "ascending"), ("fingerprint", "ascending")]
+        )
+        vectors = newest.column("embedding").take(joined.column("_row"))
+        return joined.append_column("embedding", vectors).drop_columns(["_row"])
+
+    latest = knowledge.current(know)
+    current = with_embeddings(latest)
+    stale = latest.num_rows - current.num_rows
     if stale:
         log.warning(
             "%d of %d entities have no embedding of their latest knowledge; "
@@ -148,7 +159,7 @@ def current_embeddings(conf: Config) -> pa.Table:
             stale,
             latest.num_rows,
         )
-    return joined
+    return current, with_embeddings(know.filter(pc.equal(know.column("kind"), "user")))
 
 
 def entity_matrix(rows: pa.Table, kind: Tower, column: str = "embedding") -> EntityMatrix:
@@ -187,21 +198,23 @@ def read_vectors(
 
 
 def input_fingerprint(
-    conf: Config, samples_version: int, attributes_version: int | None, current: pa.Table
+    conf: Config,
+    samples_version: int,
+    attributes_version: int | None,
+    current: pa.Table,
+    trained_on: pa.Table,
 ) -> str:
     """Hash of everything that changes the trained adaptor: equal hash -> nothing to redo."""
-    used = sorted(
-        zip(
-            current.column("kind").to_pylist(),
-            current.column("entity_id").to_pylist(),
-            current.column("fingerprint").to_pylist(),
-            strict=True,
-        )
-    )
+
+    def keys(rows: pa.Table) -> list:
+        cols = ["kind", "entity_id", "fingerprint"]
+        return sorted(zip(*(rows.column(c).to_pylist() for c in cols), strict=True))
+
     payload = {
         "samples_version": samples_version,
         "attributes_version": attributes_version,
-        "entities": used,
+        "entities": keys(current),
+        "trained_on": keys(trained_on),
         "encoder_models": sorted(set(current.column("encoder_model").to_pylist())),
         "adapt": conf.adapt.model_dump(mode="json"),
         "seed": conf.run.seed,
@@ -282,8 +295,28 @@ def run(conf: Config, run_id: str) -> AdaptResult:
             "(rerun kar prepare to write it)",
             attributes_path,
         )
-    current = current_embeddings(conf)
-    input_fp = input_fingerprint(conf, samples_version, tables.version(attributes_path), current)
+    current, user_rows = embedded_knowledge(conf)
+    # No leakage: each user's text is trained only against samples after its prompt.
+    trained_on = knowledge.training_users(samples, user_rows)
+    samples = knowledge.after_prompts(
+        samples, trained_on.column("entity_id"), trained_on.column("history_end")
+    )
+    if trained_on.num_rows == 0:
+        raise InputError(
+            "no user knowledge ended before any of its user's CTR samples, so the adaptor has "
+            "no leak-free text to train on; keep refresh.bootstrap_users unset (or > 0) so "
+            "users get KAR's-cut prompts, and rerun kar prepare, generate and encode"
+        )
+    log.info(
+        "adapt: %d users' texts against the %d samples after their prompts (no sample inside "
+        "its prompt); %d entities to export",
+        trained_on.num_rows,
+        samples.num_rows,
+        current.num_rows,
+    )
+    input_fp = input_fingerprint(
+        conf, samples_version, tables.version(attributes_path), current, trained_on
+    )
     previous = _published_metrics(vectors_path, input_fp)
     if previous is not None:
         version = tables.version(vectors_path)
@@ -311,10 +344,10 @@ def run(conf: Config, run_id: str) -> AdaptResult:
             seconds=time.monotonic() - started,
         )
 
-    def build(users: EntityMatrix, items: EntityMatrix) -> ctr_data.CTRData:
-        return ctr_inputs(conf, samples, attributes, conf.run.seed, users, items)
+    def build(part: pa.Table, users: EntityMatrix, items: EntityMatrix) -> ctr_data.CTRData:
+        return ctr_inputs(conf, part, attributes, conf.run.seed, users, items)
 
-    data = build(entity_matrix(current, "user"), entity_matrix(current, "item"))
+    data = build(samples, entity_matrix(trained_on, "user"), entity_matrix(current, "item"))
     without = train_and_evaluate(data, conf.adapt, conf.run.seed)
     with_kar = train_and_evaluate(data, conf.adapt, conf.run.seed, kar="cotrained")
     log.info(
@@ -338,20 +371,27 @@ def run(conf: Config, run_id: str) -> AdaptResult:
     gate: dict = {"gate": "published: no live vectors version to compare with"}
     if live_version is not None and conf.adapt.gate.enabled:
         seed = conf.run.seed
-        live_data = build(*read_vectors(vectors_path, live_version))
-        new_data = build(
-            entity_matrix(rows, "user", "vector"), entity_matrix(rows, "item", "vector")
+        # Scored on samples after both prompts: the live vector's and the training text's.
+        live_users = _vector_prompts(conf, live_version)
+        part = knowledge.after_prompts(
+            samples, live_users.column("entity_id"), live_users.column("history_end")
         )
-        live = train_and_evaluate(live_data, conf.adapt, seed, "frozen")
-        new = train_and_evaluate(new_data, conf.adapt, seed, "frozen")
-        tolerance = conf.adapt.gate.tolerance
-        gate = {"gate_live_auc": live.auc, "gate_new_auc": new.auc}
-        if new.auc < live.auc - tolerance:
-            gate["gate"] = (
-                f"kept live vectors version {live_version}: the new vectors' held-out AUC "
-                f"{new.auc:.4f} is {live.auc - new.auc:.4f} below the live version's "
-                f"{live.auc:.4f} (adapt.gate.tolerance {tolerance})"
+        new_users = vector_rows(adaptor, trained_on, run_id, input_fp)
+        try:
+            live_data = build(part, *read_vectors(vectors_path, live_version))
+            new_data = build(
+                part,
+                entity_matrix(new_users, "user", "vector"),
+                entity_matrix(rows, "item", "vector"),
             )
+        except InputError as e:
+            # Few users were active since the live vectors' prompts: nothing fair to score.
+            gate["gate"] = f"published: too few samples after the live vectors' prompts ({e})"
+        else:
+            live = train_and_evaluate(live_data, conf.adapt, seed, "frozen")
+            new = train_and_evaluate(new_data, conf.adapt, seed, "frozen")
+            gate = _gate(conf, live_version, live.auc, new.auc)
+        if gate["gate"].startswith("kept"):
             log.warning("%s", gate["gate"])
             _remember_rejection(conf, input_fp, {**metrics, **gate})
             return AdaptResult(
@@ -362,10 +402,6 @@ def run(conf: Config, run_id: str) -> AdaptResult:
                 skipped=True,
                 seconds=time.monotonic() - started,
             )
-        gate["gate"] = (
-            f"published: held-out AUC {new.auc:.4f} with the new vectors vs {live.auc:.4f} with "
-            f"live version {live_version} (adapt.gate.tolerance {tolerance})"
-        )
     elif live_version is not None:
         gate["gate"] = "published: adapt.gate.enabled is false"
     log.info("%s", gate["gate"])
@@ -390,6 +426,49 @@ def run(conf: Config, run_id: str) -> AdaptResult:
         vectors_written=rows.num_rows,
         skipped=False,
         seconds=time.monotonic() - started,
+    )
+
+
+def _gate(conf: Config, live_version: int, live_auc: float, new_auc: float) -> dict:
+    """The gate's decision: "kept ..." when the new AUC is below the live one by more than
+    adapt.gate.tolerance, "published ..." otherwise."""
+    tolerance = conf.adapt.gate.tolerance
+    gate: dict = {"gate_live_auc": live_auc, "gate_new_auc": new_auc}
+    if new_auc < live_auc - tolerance:
+        gate["gate"] = (
+            f"kept live vectors version {live_version}: the new vectors' held-out AUC "
+            f"{new_auc:.4f} is {live_auc - new_auc:.4f} below the live version's "
+            f"{live_auc:.4f} (adapt.gate.tolerance {tolerance})"
+        )
+    else:
+        gate["gate"] = (
+            f"published: held-out AUC {new_auc:.4f} with the new vectors vs {live_auc:.4f} "
+            f"with live version {live_version} (adapt.gate.tolerance {tolerance})"
+        )
+    return gate
+
+
+def _vector_prompts(conf: Config, version: int) -> pa.Table:
+    """entity_id, history_end: where the prompt behind each user vector of `version` ended.
+
+    A vector whose knowledge row is gone or predates the window columns gets an end
+    past every sample, so the gate never scores it on a sample its prompt may hold.
+    """
+    stored = tables.open_table(conf.table_path("vectors"), version)
+    users = stored.to_pyarrow_table(
+        columns=["entity_id", "fingerprint"], filters=[("kind", "=", "user")]
+    )
+    know = knowledge.read_usable(conf.table_path("knowledge"), ["history_end"])
+    know = know.filter(pc.equal(know.column("kind"), "user")).select(
+        ["entity_id", "fingerprint", "history_end"]
+    )
+    ends = users.join(know, ["entity_id", "fingerprint"], join_type="left outer")
+    unknown = pa.scalar(np.iinfo(np.int32).max, pa.int32())
+    return pa.table(
+        {
+            "entity_id": ends.column("entity_id"),
+            "history_end": pc.fill_null(ends.column("history_end"), unknown),
+        }
     )
 
 

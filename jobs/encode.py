@@ -1,11 +1,11 @@
 """Encode stage: turn each entity's current knowledge text into one vector in `embeddings`.
 
-An entity's current knowledge is its latest `knowledge` row (by generated_at).
-Only those whose (kind, entity_id, fingerprint) has no embedding from the
-configured encoder yet are encoded, so a rerun encodes nothing and a changed
-answer is re-encoded once. Batches go to a Ray actor pool, one encoder per
-actor; the driver MERGEs vectors into Delta in chunks, so a crash loses at
-most one chunk and no key is ever written twice.
+An entity's current knowledge is its latest usable `knowledge` row
+(jobs/knowledge.py), per window. Only those whose (kind, entity_id,
+fingerprint) has no embedding from the configured encoder yet are encoded, so a
+rerun encodes nothing and a changed answer is re-encoded once. Batches go to a
+Ray actor pool, one encoder per actor; the driver MERGEs vectors into Delta in
+chunks, so a crash loses at most one chunk and no key is ever written twice.
 """
 
 from __future__ import annotations
@@ -23,18 +23,16 @@ import pyarrow.compute as pc
 
 from encoders.inputs import encoder_input
 from encoders.sentence import BUNDLED_PREFIX, EncoderError, SentenceEncoder, resolve_encoder
-from jobs import tables
+from jobs import knowledge, tables
 from jobs.actors import ActorStage
 from jobs.config import Config, ConfigError, EncoderConf
-from jobs.schemas import EMBEDDINGS, KNOWLEDGE, USABLE_KNOWLEDGE
+from jobs.schemas import EMBEDDINGS
 
 log = logging.getLogger(__name__)
 
 KEYS = ["kind", "entity_id", "fingerprint", "encoder_model"]
 # Commit to Delta once this many vectors are buffered (and at the end): few commits, small loss.
 COMMIT_ROWS = 2048
-
-_KNOWLEDGE_COLUMNS = ["kind", "entity_id", "fingerprint", "context", "text", "generated_at"]
 
 
 @dataclass
@@ -72,25 +70,20 @@ class EncoderWorker:
 
 
 def pending_inputs(conf: Config) -> pa.Table:
-    """Encoder inputs of each entity's latest knowledge row (by generated_at) not encoded yet.
+    """Encoder inputs of each entity's current knowledge per window not encoded yet.
 
-    Columns kind, entity_id, fingerprint, input; sorted by kind then input
+    Per window, not per entity: a user's production answer is what adapt exports,
+    its KAR's-cut answer (bootstrap) what the adaptor may train on; both need a
+    vector. Columns kind, entity_id, fingerprint, input; sorted by kind then input
     length so each batch pads little.
     """
     knowledge_path = conf.table_path("knowledge")
-    table = tables.open_table(knowledge_path)
-    if table is None:
+    if tables.open_table(knowledge_path) is None:
         raise FileNotFoundError(
             f"no knowledge table at {knowledge_path}; run `kar generate` with the same config first"
         )
-    schema = pa.schema([KNOWLEDGE.field(c) for c in _KNOWLEDGE_COLUMNS])
-    rows = tables.conform(
-        pa.table(table.to_pyarrow_table(columns=_KNOWLEDGE_COLUMNS, filters=USABLE_KNOWLEDGE)),
-        schema,
-        "knowledge",
-    )
-    # An entity's current knowledge: its latest usable answer (fingerprint breaks exact ties).
-    rows = tables.latest_rows(rows, ["kind", "entity_id"], ["generated_at", "fingerprint"])
+    rows = knowledge.read_usable(knowledge_path, ["context", "text"])
+    rows = tables.latest_rows(rows, [*knowledge.ENTITY, "window"], knowledge.ORDER)
     done = tables.open_table(conf.table_path("embeddings"))
     if done is not None:
         key_schema = pa.schema([EMBEDDINGS.field(k) for k in KEYS])

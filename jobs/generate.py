@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import tables
+from jobs import knowledge, tables
 from jobs.actors import ActorStage
 from jobs.config import Config, ConfigError, GenerateConf, LLMConf, Status
 from jobs.llm import Engine, Generation, build_engine, resolve_model
@@ -43,7 +43,7 @@ from jobs.schemas import KINDS, KNOWLEDGE, PROMPTS, SAMPLES
 
 log = logging.getLogger(__name__)
 
-KEYS = ["kind", "entity_id", "fingerprint"]
+KEYS = knowledge.KEYS
 # Batch sizing estimate (the driver does not tokenize): English text runs ~4 characters a token.
 CHARS_PER_TOKEN = 4
 

@@ -21,6 +21,8 @@ import pyarrow.compute as pc
 from jobs import schemas, tables
 
 ENTITY = ["kind", "entity_id"]
+# One row per answer: an entity's answer to one exact prompt.
+KEYS = [*ENTITY, "fingerprint"]
 # An entity's current knowledge sorts last: the latest data cutoff wins; at one cutoff the
 # production window beats KAR's cut (bootstrap prompts), then the latest answer wins.
 # Rows of older releases (null as_of) sort first. The Spark twin is in jobs/prepare.py.

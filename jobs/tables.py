@@ -72,9 +72,7 @@ def latest_rows(table: pa.Table, keys: list[str], order: list[str]) -> pa.Table:
     indexed = table.append_column("_row", pa.array(np.arange(table.num_rows)))
     # Nulls sort first: a row that lacks an ordering value (written before the column
     # existed) is older than any row that has it.
-    ordered = indexed.sort_by(
-        [(c, "ascending") for c in [*keys, *order]], null_placement="at_start"
-    )
+    ordered = indexed.sort_by([(c, "ascending", "at_start") for c in [*keys, *order]])
     last = ordered.group_by(keys, use_threads=False).aggregate([("_row", "last")])
     return table.take(last.column("_row_last"))
 

@@ -11,7 +11,7 @@ import torch
 from table_rows import knowledge_row, knowledge_table, vectors_table
 
 from adapters.moe import HybridExpertAdaptor
-from jobs import adapt, schemas, tables
+from jobs import adapt, knowledge, schemas, tables
 
 T0 = datetime(2026, 11, 16, tzinfo=UTC)
 T1, T2 = T0 + timedelta(days=7), T0 + timedelta(days=8)
@@ -205,3 +205,74 @@ def test_read_vectors_returns_exactly_the_stored_values(make_config):
     assert len(users.ids) == 5 and len(items.ids) == 3
     with pytest.raises(adapt.InputError, match="version id nope"):
         adapt.read_vectors(conf.table_path("vectors"), version_id="nope")
+
+
+def answer_everything(conf, when: datetime) -> dict[str, dict]:
+    """Answers (and random 8-d embeddings) for every pending prompt, as generate + encode
+    would leave them; returns fingerprint -> prompt row."""
+    prompts = tables.read(conf.table_path("prompts"), schemas.PROMPTS).to_pylist()
+    rng = np.random.default_rng(len(prompts))
+    know = knowledge_table(knowledge_row(**p, generated_at=when) for p in prompts)
+    tables.insert_new(conf.table_path("knowledge"), know, schemas.KNOWLEDGE, knowledge.KEYS)
+    embs = [
+        {
+            "kind": p["kind"],
+            "entity_id": p["entity_id"],
+            "fingerprint": p["fingerprint"],
+            "encoder_model": ENCODER,
+            "dim": 8,
+            "embedding": rng.standard_normal(8).tolist(),
+            "encoded_at": when,
+        }
+        for p in prompts
+    ]
+    emb = pa.Table.from_pylist(embs, schema=schemas.EMBEDDINGS)
+    keys = ["kind", "entity_id", "fingerprint", "encoder_model"]
+    tables.insert_new(conf.table_path("embeddings"), emb, schemas.EMBEDDINGS, keys)
+    return {p["fingerprint"]: p for p in prompts}
+
+
+def test_no_training_sample_is_inside_its_users_prompt(make_config, spark, ml100k, monkeypatch):
+    """Real prepare output, two weeks: every sample the adaptor trains on lies after the
+    prompt behind its user's text, checked on the prompt text itself."""
+    from jobs import prepare
+
+    seen: list[tuple[pa.Table, adapt.EntityMatrix]] = []
+    real = adapt.ctr_inputs
+
+    def spy(conf, samples, attributes, seed, users, items):
+        seen.append((samples, users))
+        return real(conf, samples, attributes, seed, users, items)
+
+    monkeypatch.setattr(adapt, "ctr_inputs", spy)
+    common = ["data.sample.max_items=40", "data.sample.max_users=30", "adapt.epochs=1"]
+    titles = {
+        r["item_id"]: r["title"]
+        for r in prepare.readers.read(spark, make_config().data)
+        .items.select("item_id", "title")
+        .collect()
+    }
+    by_fingerprint: dict[str, dict] = {}
+    for week, as_of in enumerate(["1998-02-01", "1998-04-01"]):
+        conf = make_config(*common, f"run.as_of={as_of}")
+        prepare.run(conf, f"week{week}", spark)
+        by_fingerprint |= answer_everything(conf, T0 + timedelta(days=7 * week))
+        seen.clear()
+        adapt.run(conf, f"week{week}")
+        samples, users = seen[0]  # the co-training data (later calls: the publish gate)
+        chosen = {}
+        emb = tables.read(conf.table_path("embeddings"), schemas.EMBEDDINGS)
+        vec_to_fp = {tuple(e["embedding"]): e["fingerprint"] for e in emb.to_pylist()}
+        for uid, vec in zip(users.ids, users.values, strict=True):
+            chosen[uid] = by_fingerprint[vec_to_fp[tuple(vec.tolist())]]
+        windows = {p["window"] for p in chosen.values()}
+        assert windows == ({"evaluation"} if week == 0 else {"evaluation", "production"})
+        checked = 0
+        for s in samples.to_pylist():
+            prompt = chosen.get(s["user_id"])
+            if prompt is None:
+                continue
+            assert s["position"] >= prompt["history_end"]
+            assert f'"{titles[s["item_id"]]}"' not in prompt["prompt"]
+            checked += 1
+        assert checked > 100
