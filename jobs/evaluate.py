@@ -2,6 +2,9 @@
 
 Reads the tables a weekly run left behind (`samples`, `attributes`, `knowledge`,
 `prompts`); it never generates: answers come from the cached `knowledge` table.
+It keeps KAR's protocol, so its table stays comparable: user texts are answers
+to KAR's-cut prompts (window "evaluation": prepare.window=evaluation, or the
+bootstrap prompts of a production run), scored on the samples after the cut.
 Per seed the users are split 9:1 again (prepare.test_fraction), a validation
 slice of the training users picks the epoch, and every row of that seed shares
 the split, initial seed and epoch budget, so lifts are paired:
@@ -36,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from adapters import data as ctr_data
@@ -43,7 +47,7 @@ from adapters.data import EntityMatrix
 from adapters.moe import TOWERS, Tower
 from adapters.train import BACKBONE_NAMES, CTRModel, KarMode, TrainResult, train_and_evaluate
 from encoders.inputs import encoder_input
-from jobs import schemas, tables
+from jobs import knowledge, schemas, tables
 from jobs.adapt import InputError, ctr_inputs, read_vectors, vector_rows
 from jobs.config import Backbone, Config
 
@@ -88,6 +92,8 @@ class EntityTexts:
 
     by_kind: dict[str, dict[str, dict[str, str]]]
     llm_models: set[str]
+    # entity_id, history_end: where each user's answered prompt (KAR's cut) ended.
+    prompt_ends: pa.Table
 
     def texts(self, kind: Tower, source: str) -> tuple[list[str], list[str], int]:
         """(ids, texts, total): entities that have every part `source` needs, and of how many."""
@@ -103,21 +109,31 @@ class EntityTexts:
         return ids, texts, len(entities)
 
 
+def _kar_protocol(rows: pa.Table) -> pa.Table:
+    """Item rows, and user rows from KAR's cut (prepare.window: evaluation, or bootstrap)."""
+    return rows.filter(
+        pc.or_(
+            pc.equal(rows.column("kind"), "item"),
+            pc.fill_null(pc.equal(rows.column("window"), "evaluation"), False),
+        )
+    )
+
+
 def _latest_knowledge(conf: Config) -> tuple[pa.Table, pa.Table]:
-    """(latest row, latest usable row) per entity.
+    """(latest row, latest usable row) per entity, users' from KAR's cut only.
 
     An answer that stayed bad after every retry (usable=false) is no answer, but
     an entity with nothing else still counts, with its context as history.
     """
-    cols = ["kind", "entity_id", "context", "text", "model_id", "usable", "generated_at"]
+    cols = ["kind", "entity_id", "context", "text", "model_id", "history_end"]
     know = tables.open_table(conf.table_path("knowledge"))
     if know is None:
         empty = pa.table({c: pa.array([], pa.string()) for c in cols[:5]})
-        return empty, empty
-    rows = know.to_pyarrow_table(columns=[*cols, "fingerprint"])
-    keys, order = ["kind", "entity_id"], ["generated_at", "fingerprint"]
+        return empty, empty.append_column("history_end", pa.array([], pa.int32()))
+    rows = _kar_protocol(know.to_pyarrow_table(columns=[*cols, "usable", *knowledge.ORDER]))
     usable = rows.filter(rows["usable"])
-    return tuple(tables.latest_rows(t, keys, order).select(cols[:5]) for t in (rows, usable))
+    latest = knowledge.current(rows).select(cols[:5])
+    return latest, knowledge.current(usable).select(cols)
 
 
 def entity_texts(conf: Config, attributes: pa.Table) -> EntityTexts:
@@ -138,7 +154,7 @@ def entity_texts(conf: Config, attributes: pa.Table) -> EntityTexts:
         strict=True,
     ):
         by_kind[kind][eid] = {"history": context, "answer": text}
-    prompts = tables.read(conf.table_path("prompts"), schemas.PROMPTS)
+    prompts = _kar_protocol(tables.read(conf.table_path("prompts"), schemas.PROMPTS))
     for kind, eid, context in zip(
         *(prompts.column(c).to_pylist() for c in ("kind", "entity_id", "context")), strict=True
     ):
@@ -154,7 +170,12 @@ def entity_texts(conf: Config, attributes: pa.Table) -> EntityTexts:
         if "history" in parts:  # the item part of the prompt: "Movie: <title> (<year>)"
             listed = ", ".join(sorted(genres.get(eid, []))) or "unknown"
             parts["metadata"] = f"{parts['history']}. Genres: {listed}."
-    return EntityTexts(by_kind, set(answers.column("model_id").to_pylist()))
+    users = answers.filter(pc.equal(answers.column("kind"), "user"))
+    return EntityTexts(
+        by_kind,
+        set(answers.column("model_id").to_pylist()),
+        users.select(["entity_id", "history_end"]),
+    )
 
 
 class CachedEncoder:
@@ -249,6 +270,15 @@ def run(conf: Config) -> dict:
         )
     attributes = tables.read(conf.table_path("attributes"), schemas.ATTRIBUTES)
     texts = entity_texts(conf, attributes)
+    if texts.prompt_ends.num_rows == 0:
+        raise InputError(
+            f"no user answer from KAR's cut in {conf.table_path('knowledge')}: kar evaluate "
+            "keeps KAR's protocol; run kar prepare (a first production run adds these "
+            "prompts) or kar run with prepare.window=evaluation, then kar generate"
+        )
+    # The samples start at today's cut; an answer from a longer history must not see them.
+    ends = texts.prompt_ends
+    samples = knowledge.after_prompts(samples, ends.column("entity_id"), ends.column("history_end"))
     encode = CachedEncoder(conf, work_dir / "cache")
     llm = ",".join(sorted(texts.llm_models)) or "none"
 

@@ -53,6 +53,7 @@ def _knowledge_row(kind: str, eid: str, context: str, text: str, usable: bool = 
     return knowledge_row(
         kind,
         eid,
+        window="evaluation" if kind == "user" else "item",
         context=context,
         text=text,
         model_id="tiny-llm",
@@ -70,6 +71,11 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
         pa.Table.from_pylist(
             [
                 _knowledge_row("user", "u1", "Given a user, history: A", "likes dramas"),
+                # The production window's answer: not KAR's protocol, so evaluate skips it.
+                {
+                    **_knowledge_row("user", "u2", "Given a user, history: B", "likes comedy"),
+                    "window": "production",
+                },
                 _knowledge_row("item", "i1", "Movie: Heat (1995)", "a crime film"),
                 # A newer answer that stayed bad after its retries: i1 keeps the one above.
                 {
@@ -94,6 +100,10 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
             "model_id": "tiny-llm",
             "factor_version": "f",
             "template_version": "t",
+            "window": "item",
+            "as_of": NOW,
+            "history_end": 0,
+            "settings": "s",
             "created_at": NOW,
         }
     ]
@@ -134,7 +144,10 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
     matrices, _ = evaluate.text_matrices(texts, "user_only", encode)
     assert set(matrices) == {"user"}
 
-    no_answers = evaluate.EntityTexts({"user": {"u1": {"history": "h"}}, "item": {}}, set())
+    assert texts.prompt_ends.column("entity_id").to_pylist() == ["u1"]
+    no_answers = evaluate.EntityTexts(
+        {"user": {"u1": {"history": "h"}}, "item": {}}, set(), texts.prompt_ends.slice(0, 0)
+    )
     matrices, problems = evaluate.text_matrices(no_answers, "answer_only", encode)
     assert matrices == {} and len(problems) == 2 and "kar generate" in problems[0]
 
