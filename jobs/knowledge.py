@@ -52,8 +52,17 @@ def current(rows: pa.Table) -> pa.Table:
 def ages_days(rows: pa.Table, as_of: datetime) -> np.ndarray:
     """Days between each row's data cutoff and `as_of` (rows of older releases: left out)."""
     cutoffs = rows.column("as_of").drop_null()
-    seconds = pc.subtract(pa.scalar(as_of, schemas.UTC_US), cutoffs).cast(pa.duration("s"))
-    return seconds.cast(pa.int64()).to_numpy(zero_copy_only=False) / SECONDS_PER_DAY
+    micros = pc.subtract(pa.scalar(as_of, schemas.UTC_US), cutoffs).cast(pa.int64())
+    return micros.to_numpy(zero_copy_only=False) / (SECONDS_PER_DAY * 1e6)
+
+
+def live_ages(path: Path, as_of: datetime) -> dict[str, np.ndarray]:
+    """kind -> age in days (ages_days) of each entity's current knowledge at `as_of`."""
+    live = current(read_usable(path, []))
+    return {
+        kind: ages_days(live.filter(pc.equal(live.column("kind"), kind)), as_of)
+        for kind in schemas.KINDS
+    }
 
 
 def age_summary(ages: np.ndarray) -> dict[str, float | int]:

@@ -9,6 +9,7 @@ jobs (Airflow). It lands beside the tables in
 - stage_seconds.png  seconds per stage
 - tokens.png         input/output tokens per answer generated in this run
 - statuses.png       answer-check statuses of this run's answers
+- knowledge_age.png  age of each entity's live knowledge at the run's cutoff (run.as_of)
 - norms.png          L2 norms of the live vectors
 - drift.png          cosine between each entity's vector in the live and the previous
                      version, for entities whose knowledge is unchanged vs. changed
@@ -26,6 +27,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import schemas, tables, vectors
+from jobs import knowledge, schemas, tables, vectors
 from jobs.config import Config
 from jobs.readers import DataError
 
 log = logging.getLogger(__name__)
 
-PLOTS = ("stage_seconds", "tokens", "statuses", "norms", "drift")
+PLOTS = ("stage_seconds", "tokens", "statuses", "knowledge_age", "norms", "drift")
 
 
 @dataclass
@@ -113,8 +115,28 @@ def _norms(rows: pa.Table) -> dict[str, np.ndarray]:
     return out
 
 
+@dataclass
+class Ages:
+    """Age in days of each entity's live knowledge at the run's data cutoff."""
+
+    as_of: datetime
+    by_kind: dict[str, np.ndarray]
+
+
+def knowledge_ages(conf: Config) -> Ages:
+    """Ages at the cutoff the last prepare recorded (now, for tables of older releases)."""
+    recorded = tables.commit_metadata(conf.table_path("prompts"), "as_of")
+    as_of = datetime.fromisoformat(recorded) if recorded else datetime.now(UTC)
+    return Ages(as_of, knowledge.live_ages(conf.table_path("knowledge"), as_of))
+
+
 def _plots(
-    folder: Path, run: dict[str, Any], answers: pa.Table, norms: dict[str, np.ndarray], d: Drift
+    folder: Path,
+    run: dict[str, Any],
+    answers: pa.Table,
+    ages: Ages,
+    norms: dict[str, np.ndarray],
+    d: Drift,
 ) -> None:
     import matplotlib
 
@@ -173,6 +195,21 @@ def _plots(
     save(fig, "statuses")
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
+    if not any(v.size for v in ages.by_kind.values()):
+        empty(ax, "no live knowledge with a recorded cutoff")
+    else:
+        top = max(float(v.max()) for v in ages.by_kind.values() if v.size)
+        bins = np.linspace(0, max(top, 1.0), 30)
+        for kind, values in ages.by_kind.items():
+            if values.size:
+                ax.hist(values, bins=bins, alpha=0.6, label=f"{kind}s ({values.size})")
+        ax.set_xlabel("days between the knowledge's data cutoff and this run's")
+        ax.set_ylabel("entities")
+        ax.legend(fontsize=8)
+    ax.set_title(f"Age of live knowledge at {ages.as_of:%Y-%m-%d %H:%M} UTC")
+    save(fig, "knowledge_age")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
     if not norms:
         empty(ax, "no vectors published yet")
     for kind, values in norms.items():
@@ -201,6 +238,7 @@ def _plots(
 
 def _markdown(
     run: dict[str, Any],
+    ages: Ages,
     live: vectors.Snapshot | None,
     norms: dict[str, np.ndarray],
     d: Drift,
@@ -236,6 +274,21 @@ def _markdown(
         "![tokens](tokens.png)",
         "",
         "![statuses](statuses.png)",
+        "",
+        "## Knowledge age",
+        "",
+        f"Days between each entity's live knowledge and the run's data cutoff "
+        f"{ages.as_of:%Y-%m-%d %H:%M} UTC (run.as_of): what the refresh policy left stale.",
+        "",
+        "| kind | entities | median | p90 | max |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {k} | {s['entities']} | {s.get('p50', '-')} | {s.get('p90', '-')} | "
+            f"{s.get('max', '-')} |"
+            for k, s in ((k, knowledge.age_summary(v)) for k, v in ages.by_kind.items())
+        ),
+        "",
+        "![knowledge age](knowledge_age.png)",
         "",
         "## Vectors",
         "",
@@ -297,12 +350,13 @@ def write(conf: Config, run_id: str | None = None) -> Path:
     else:
         rows = vectors.read(live)
         norms, d = _norms(rows), drift(live, rows)
+    ages = knowledge_ages(conf)
     target = folder(conf, run["run_id"])
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run['run_id']}-", dir=target.parent))
     try:
-        _plots(staging, run, answers, norms, d)
-        (staging / "report.md").write_text(_markdown(run, live, norms, d))
+        _plots(staging, run, answers, ages, norms, d)
+        (staging / "report.md").write_text(_markdown(run, ages, live, norms, d))
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

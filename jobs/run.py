@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from jobs import accounting, adapt, encode, generate, prepare, report, tables
+from jobs import accounting, adapt, encode, generate, knowledge, prepare, report, tables
 from jobs.config import Config
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ def run(conf: Config) -> dict[str, Any]:
     """Run all stages and return the summary that `kar run` prints."""
     run_id = new_run_id()
     started_at = datetime.now(UTC)
+    # One cutoff for every stage of the run (run.as_of; now when unset).
+    conf = conf.model_copy(update={"run": conf.run.model_copy(update={"as_of": conf.run.cutoff()})})
     log.info("run %s: outputs under %s", run_id, conf.run.output_dir)
     started = time.monotonic()
     prep = prepare.run(conf, run_id)
@@ -56,6 +58,16 @@ def run(conf: Config) -> dict[str, Any]:
         "embeddings_written": enc.encoded,
         "vectors_published": not ad.skipped,
         "publish_gate": ad.gate,
+        "as_of": conf.run.as_of.isoformat(),
+        # Entities per refresh state (fresh/new/refreshed/stale) and the bootstrap prompts.
+        "refresh": prep.refresh,
+        "bootstrap_prompts": prep.bootstrap,
+        "knowledge_age_days": {
+            kind: knowledge.age_summary(ages)
+            for kind, ages in knowledge.live_ages(
+                conf.table_path("knowledge"), conf.run.as_of
+            ).items()
+        },
         "tables": {name: _table_info(conf, name) for name in TABLE_NAMES},
         "auc_without": round(ad.auc_without, 4),
         "auc_with": round(ad.auc_with, 4),

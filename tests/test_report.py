@@ -118,6 +118,7 @@ def test_report_drift_splits_unchanged_from_changed(make_config, capsys):
     assert "| user | unchanged | 6 |" in text and "| user | changed | 4 |" in text
     assert "| generate | 30.5 |" in text and "| length | 1 |" in text
     assert "Live version 1" in text
+    assert "## Knowledge age" in text and "| user | 4 |" in text and "| item | 1 |" in text
 
     # Rebuilding (kar report) replaces the folder whole and prints where it is.
     conf_file = conf.run.output_dir / "conf.yaml"

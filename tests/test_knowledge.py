@@ -1,0 +1,85 @@
+"""The knowledge table's read rules (jobs/knowledge.py) on real Delta tables in tmp."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+from table_rows import knowledge_row, knowledge_table
+
+from jobs import knowledge, schemas, tables
+
+T = datetime(2026, 11, 30, tzinfo=UTC)
+
+
+def _write(path, rows) -> None:
+    tables.overwrite(path, knowledge_table(rows), schemas.KNOWLEDGE)
+
+
+def test_current_prefers_the_latest_cutoff_then_production_over_kars_cut(tmp_path):
+    week = timedelta(days=7)
+    rows = [
+        # One cutoff, two windows (a first run with its bootstrap prompt): production wins.
+        knowledge_row("user", "u1", fingerprint="boot", window="evaluation", as_of=T - week),
+        knowledge_row("user", "u1", fingerprint="prod", window="production", as_of=T - week),
+        # A later cutoff wins over an answer generated later from an older one.
+        knowledge_row("user", "u2", fingerprint="new", as_of=T, generated_at=T),
+        knowledge_row("user", "u2", fingerprint="old", as_of=T - week, generated_at=T + week),
+        # A row of an older release (no cutoff) is older than any row that has one.
+        knowledge_row("user", "u3", fingerprint="legacy", as_of=None, generated_at=T + week),
+        knowledge_row("user", "u3", fingerprint="now", as_of=T - week),
+        knowledge_row("user", "u4", fingerprint="bad", usable=False, as_of=T),
+        knowledge_row("user", "u4", fingerprint="good", as_of=T - week),
+    ]
+    path = tmp_path / "knowledge"
+    _write(path, rows)
+    live = knowledge.current(knowledge.read_usable(path, []))
+    got = dict(zip(live["entity_id"].to_pylist(), live["fingerprint"].to_pylist(), strict=True))
+    assert got == {"u1": "prod", "u2": "new", "u3": "now", "u4": "good"}
+
+    ages = knowledge.live_ages(path, T + timedelta(days=1))
+    assert sorted(ages["user"].tolist()) == [1.0, 8.0, 8.0, 8.0]
+    assert knowledge.age_summary(ages["user"]) == {
+        "entities": 4,
+        "p50": 8.0,
+        "p90": 8.0,
+        "max": 8.0,
+    }
+    assert knowledge.age_summary(np.array([])) == {"entities": 0}
+
+
+def _samples(positions: dict[str, list[int]]) -> pa.Table:
+    users = [u for u, ps in positions.items() for _ in ps]
+    return pa.table(
+        {
+            "user_id": users,
+            "position": pa.array([p for ps in positions.values() for p in ps], pa.int32()),
+        }
+    )
+
+
+def test_training_text_ends_before_the_users_samples_and_drops_those_inside():
+    samples = _samples({"u1": [5, 6, 7, 8, 9], "u2": [3, 4], "u3": [10, 11]})
+    rows = pa.Table.from_pylist(
+        [
+            # u1: last week's answer covered 8 interactions, this week's covers all 10.
+            knowledge_row("user", "u1", fingerprint="boot", window="evaluation", history_end=5),
+            knowledge_row("user", "u1", fingerprint="w1", history_end=8, as_of=T),
+            knowledge_row("user", "u1", fingerprint="w2", history_end=10, as_of=T + timedelta(1)),
+            # u2: only an answer that covers every sample: no leak-free text.
+            knowledge_row("user", "u2", fingerprint="all", history_end=5),
+            # u3: an answer of an older release (unknown window) never qualifies.
+            knowledge_row("user", "u3", fingerprint="legacy", history_end=None),
+        ],
+        schema=schemas.KNOWLEDGE,
+    )
+    chosen = knowledge.training_users(samples, rows)
+    got = dict(zip(chosen["entity_id"].to_pylist(), chosen["fingerprint"].to_pylist(), strict=True))
+    assert got == {"u1": "w1"}
+    kept = knowledge.after_prompts(samples, chosen["entity_id"], chosen["history_end"])
+    by_user: dict[str, list[int]] = {}
+    for u, p in zip(kept["user_id"].to_pylist(), kept["position"].to_pylist(), strict=True):
+        by_user.setdefault(u, []).append(p)
+    # u1 trains on the samples after its 8-interaction prompt; the others as users without text.
+    assert by_user == {"u1": [8, 9], "u2": [3, 4], "u3": [10, 11]}
