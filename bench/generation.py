@@ -38,6 +38,8 @@ def bench_config(out: Path, args: argparse.Namespace) -> Config:
         ROOT / "conf" / "local.yaml",
         [
             f"run.output_dir={out}",
+            # KAR's cut: the prompt set these figures were first measured on (one per entity).
+            "prepare.window=evaluation",
             f"run.cache_dir={ROOT / '.cache' / 'kar'}",
             f"data.path={ROOT / 'data' / 'ml-100k'}",
             f"data.sample.max_users={args.users}",

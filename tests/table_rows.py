@@ -16,6 +16,30 @@ from jobs import schemas
 WHEN = datetime(2026, 11, 16, tzinfo=UTC)
 
 
+def prompt_row(kind: str, entity_id: str, **columns: Any) -> dict[str, Any]:
+    """One `prompts` row as prepare writes it (production window for users)."""
+    return {
+        "run_id": "prep-1",
+        "kind": kind,
+        "entity_id": entity_id,
+        "prompt": "p",
+        "context": "c",
+        "fingerprint": f"fp-{entity_id}",
+        "model_id": "bundled:smollm2-135m-instruct",
+        "factor_version": "f",
+        "template_version": "t",
+        "window": "production" if kind == "user" else "item",
+        "as_of": WHEN,
+        "history_end": 0,
+        "settings": "s",
+        "created_at": WHEN,
+    } | columns
+
+
+def prompts_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=schemas.PROMPTS)
+
+
 def knowledge_row(kind: str, entity_id: str, **columns: Any) -> dict[str, Any]:
     """One `knowledge` row: a usable `ok` answer unless `columns` say otherwise.
 

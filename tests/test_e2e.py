@@ -68,9 +68,19 @@ def test_first_run_fills_every_table(first_run):
         assert pa.schema(table.schema().to_arrow()).equals(schemas.TABLES[name]), name
 
     knowledge = DeltaTable(summary["tables"]["knowledge"]["path"]).to_pyarrow_table().to_pylist()
-    kinds = {k: sum(r["kind"] == k for r in knowledge) for k in ("user", "item")}
-    assert kinds == {"user": 30, "item": 20}
-    assert summary["prompts_generated"] == 50
+    windows = {}
+    for r in knowledge:
+        windows[r["window"]] = windows.get(r["window"], 0) + 1
+    # Every user in the production window, plus KAR's cut once (the adaptor's training text).
+    assert windows == {"production": 30, "evaluation": 30, "item": 20}
+    assert summary["prompts_generated"] == 80 and summary["bootstrap_prompts"] == 30
+    assert summary["refresh"] == {"user": {"new": 30}, "item": {"new": 20}}
+    assert summary["knowledge_age_days"]["user"] == {
+        "entities": 30,
+        "p50": 0.0,
+        "p90": 0.0,
+        "max": 0.0,
+    }
     for row in knowledge:
         assert row["text"].strip()
         assert row["model_id"] == "bundled:smollm2-135m-instruct"
@@ -80,7 +90,7 @@ def test_first_run_fills_every_table(first_run):
         assert row["run_id"] == summary["run_id"]
 
     embeddings = DeltaTable(summary["tables"]["embeddings"]["path"]).to_pyarrow_table()
-    assert embeddings.num_rows == 50
+    assert embeddings.num_rows == 80
     assert all(len(v) == 384 for v in embeddings.column("embedding").to_pylist())
 
     vectors = DeltaTable(summary["tables"]["vectors"]["path"]).to_pyarrow_table().to_pylist()
@@ -96,13 +106,15 @@ def test_first_run_fills_every_table(first_run):
     assert report == out.resolve() / "reports" / summary["run_id"] / "report.md"
     assert f"# KAR run report: {summary['run_id']}" in report.read_text()
     assert (report.parent / "drift.png").is_file()
+    assert (report.parent / "knowledge_age.png").is_file()
 
 
 def test_rerun_with_unchanged_input_does_nothing(first_run, ml100k):
     out, first = first_run
     before = versions(out)
     second = summary_of(kar_run(out, ml100k))
-    assert second["prompts_generated"] == 0
+    assert second["prompts_generated"] == 0 and second["bootstrap_prompts"] == 0
+    assert second["refresh"] == {"user": {"fresh": 30}, "item": {"fresh": 20}}
     assert second["vectors_published"] is False
     after = versions(out)
     for name in ("knowledge", "embeddings", "vectors", "samples"):

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from table_rows import knowledge_row
+from table_rows import knowledge_row, prompt_row, prompts_table
 from test_adapt import write_live_vectors
 from test_adapters import build, synthetic
 
@@ -89,27 +89,20 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
         ),
         schemas.KNOWLEDGE,
     )
-    prompts = [
-        {
-            "run_id": "r2",
-            "kind": "item",
-            "entity_id": "i2",
-            "prompt": "p",
-            "context": "Movie: Babe (1995)",
-            "fingerprint": "fp-i2",
-            "model_id": "tiny-llm",
-            "factor_version": "f",
-            "template_version": "t",
-            "window": "item",
-            "as_of": NOW,
-            "history_end": 0,
-            "settings": "s",
-            "created_at": NOW,
-        }
-    ]
     tables.overwrite(
         conf.table_path("prompts"),
-        pa.Table.from_pylist(prompts, schema=schemas.PROMPTS),
+        prompts_table(
+            [
+                prompt_row(
+                    "item",
+                    "i2",
+                    run_id="r2",
+                    context="Movie: Babe (1995)",
+                    model_id="tiny-llm",
+                    created_at=NOW,
+                )
+            ]
+        ),
         schemas.PROMPTS,
     )
     attributes = pa.table(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from table_rows import knowledge_row, knowledge_table
+from table_rows import knowledge_row, knowledge_table, prompt_row, prompts_table
 
 from factors import prompts as templates
 from factors.sets import load
@@ -58,21 +58,20 @@ def _prompt_rows(run_id: str = "prep-1") -> pa.Table:
     }.items():
         context = templates.item_context(fs, title)
         rows.append(("item", iid, templates.item_prompt(fs, context), context))
-    return pa.table(
-        {
-            "run_id": [run_id] * len(rows),
-            "kind": [r[0] for r in rows],
-            "entity_id": [r[1] for r in rows],
-            "prompt": [r[2] for r in rows],
-            "context": [r[3] for r in rows],
-            "fingerprint": [f"fp-{r[0]}-{r[1]}" for r in rows],
-            "model_id": [MODEL] * len(rows),
-            "factor_version": [fs.version] * len(rows),
-            "template_version": [templates.TEMPLATE_VERSION] * len(rows),
-            "created_at": pa.array(
-                [datetime.now(UTC)] * len(rows), PROMPTS.field("created_at").type
-            ),
-        }
+    return prompts_table(
+        prompt_row(
+            kind,
+            eid,
+            run_id=run_id,
+            prompt=prompt,
+            context=context,
+            fingerprint=f"fp-{kind}-{eid}",
+            model_id=MODEL,
+            factor_version=fs.version,
+            template_version=templates.TEMPLATE_VERSION,
+            created_at=datetime.now(UTC),
+        )
+        for kind, eid, prompt, context in rows
     )
 
 
@@ -246,20 +245,19 @@ def _item_prompts(titles: list[str]) -> pa.Table:
     """Item prompt rows as prepare writes them, one per title."""
     fs = load("movies")
     contexts = [templates.item_context(fs, t) for t in titles]
-    n = len(TITLES)
-    return pa.table(
-        {
-            "run_id": ["prep-1"] * n,
-            "kind": ["item"] * n,
-            "entity_id": [str(100 + i) for i in range(n)],
-            "prompt": [templates.item_prompt(fs, c) for c in contexts],
-            "context": contexts,
-            "fingerprint": [f"fp-{i}" for i in range(n)],
-            "model_id": [MODEL] * n,
-            "factor_version": [fs.version] * n,
-            "template_version": [templates.TEMPLATE_VERSION] * n,
-            "created_at": pa.array([datetime.now(UTC)] * n, PROMPTS.field("created_at").type),
-        }
+    return prompts_table(
+        prompt_row(
+            "item",
+            str(100 + i),
+            prompt=templates.item_prompt(fs, context),
+            context=context,
+            fingerprint=f"fp-{i}",
+            model_id=MODEL,
+            factor_version=fs.version,
+            template_version=templates.TEMPLATE_VERSION,
+            created_at=datetime.now(UTC),
+        )
+        for i, context in enumerate(contexts)
     )
 
 
