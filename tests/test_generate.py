@@ -330,9 +330,9 @@ def _workers(actor_class: str) -> list:
     found = []
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.cmdline()[0].startswith(
-                f"ray::{actor_class}"
-            ):
+            # A process being forked or reaped can show an empty command line: not ours (yet).
+            command = proc.cmdline() if proc.status() != psutil.STATUS_ZOMBIE else []
+            if command and command[0].startswith(f"ray::{actor_class}"):
                 found.append(proc)
     return found
 
@@ -352,7 +352,11 @@ def test_kill_9_of_a_generation_actor_midway_restarts_it_and_loses_nothing(
         deadline = time.monotonic() + 240
         while tables.version(knowledge_path) is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        [actor] = _workers("GenerationWorker")
+        workers = _workers("GenerationWorker")
+        while len(workers) != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            workers = _workers("GenerationWorker")
+        [actor] = workers
         actor.kill()  # SIGKILL, mid-batch: it holds batches_in_flight batches
         killed.append(actor.pid)
         while not restarted and time.monotonic() < deadline:
