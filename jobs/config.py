@@ -103,7 +103,24 @@ class PrepareConf(_Section):
     max_prompt_history: int = Field(default=30, gt=0)
     test_fraction: float = Field(default=0.1, gt=0, lt=1)
     ctr_history_length: int = Field(default=10, gt=0)
-    include_demographics: bool = True
+    # Personal data is opt-in: the user attributes (users file columns) that may reach prompts,
+    # `knowledge` and the CTR features. None by default; never list zip codes or free text.
+    user_attributes: list[str] = Field(default_factory=list)
+    # Ages reach prompts and features as ranges (25-34), not years.
+    bucket_age: bool = True
+    # Input text (titles, genres, attribute values) is cut at this many characters.
+    max_text_chars: int = Field(default=200, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "include_demographics" in data:
+            raise ValueError(
+                "prepare.include_demographics was replaced by prepare.user_attributes, an "
+                "allow-list: e.g. user_attributes: [age, gender, occupation] (KAR's MovieLens "
+                "setting), or [] for none"
+            )
+        return data
 
 
 class RefreshConf(_Section):
@@ -173,7 +190,7 @@ class PoolConf(_Section):
     max_restarts: int = Field(default=2, ge=0)
 
 
-Status = Literal["ok", "empty", "length", "degenerate", "refusal"]
+Status = Literal["ok", "empty", "echo", "length", "degenerate", "refusal"]
 
 
 class GenerateConf(PoolConf):
@@ -186,8 +203,10 @@ class GenerateConf(PoolConf):
     # Commit answers to Delta once this many are buffered (and at the end).
     commit_rows: int = Field(default=256, gt=0)
     # Answers with one of these statuses are asked again (new seed), up to max_attempts in all.
+    # `length` is not retried by default: a small llm.max_new_tokens would ask every prompt
+    # max_attempts times and still store it cut.
     retry_statuses: list[Status] = Field(
-        default_factory=lambda: ["empty", "length", "degenerate", "refusal"]
+        default_factory=lambda: ["empty", "echo", "degenerate", "refusal"]
     )
     max_attempts: int = Field(default=3, gt=0)
     # Sampling temperature of retries when llm.temperature is 0 (greedy would repeat the answer).
@@ -195,6 +214,8 @@ class GenerateConf(PoolConf):
     # Degenerate: this share of an answer's word n-grams are repeats.
     degenerate_ngram: int = Field(default=4, gt=1)
     degenerate_repeat_share: float = Field(default=0.5, gt=0, lt=1)
+    # Echo: this many words in a row of the prompt's instruction appear in the answer.
+    echo_ngram: int = Field(default=12, gt=2)
     # Refusal: one of these regexes (case-insensitive) matches the answer's first sentence.
     refusal_patterns: list[str] = Field(
         default_factory=lambda: [

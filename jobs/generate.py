@@ -37,7 +37,7 @@ from jobs import knowledge, tables
 from jobs.actors import ActorStage
 from jobs.config import Config, ConfigError, GenerateConf, LLMConf, Status
 from jobs.llm import Engine, Generation, build_engine, resolve_model
-from jobs.llm.checks import AnswerChecks
+from jobs.llm.checks import NEVER_USABLE, AnswerChecks
 from jobs.llm.model import BUNDLED_PREFIX
 from jobs.schemas import KINDS, KNOWLEDGE, PROMPTS, SAMPLES
 
@@ -118,7 +118,7 @@ def answer(
 ) -> list[Answer]:
     """Generate, check, and re-ask bad answers with a new seed up to gen.max_attempts in all."""
     gens = engine.generate(prompts)
-    statuses = checks.statuses(gens)
+    statuses = checks.statuses(gens, prompts)
     attempts = [1] * len(prompts)
     spent_in = [g.input_tokens for g in gens]
     spent_out = [g.output_tokens for g in gens]
@@ -133,12 +133,12 @@ def answer(
             [prompts[i] for i in todo], seed=llm.seed + attempt, temperature=temperature
         )
         for i, g in zip(todo, again, strict=True):
-            gens[i], statuses[i] = g, checks.status(g)
+            gens[i], statuses[i] = g, checks.status(g, prompts[i])
             attempts[i] += 1
             spent_in[i] += g.input_tokens
             spent_out[i] += g.output_tokens
     return [
-        Answer(g, s, a, s not in retry, i, o)
+        Answer(g, s, a, s not in retry and s not in NEVER_USABLE, i, o)
         for g, s, a, i, o in zip(gens, statuses, attempts, spent_in, spent_out, strict=True)
     ]
 

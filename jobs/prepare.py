@@ -30,9 +30,10 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
-from factors import prompts, sets
+from factors import prompts, sets, untrusted
 from factors.sets import FactorSet
-from jobs import knowledge, readers, schemas, tables
+from factors.untrusted import age_range
+from jobs import knowledge, llm, readers, schemas, tables
 from jobs.config import Config
 from jobs.spark import read_delta, session, to_arrow
 
@@ -49,6 +50,8 @@ class PrepareResult:
     refresh: dict[str, dict[str, int]]
     # Users that also got KAR's-cut prompt (training text for the adaptor).
     bootstrap: int
+    # Input text cleaned: markers and invisible characters removed, values cut.
+    sanitized: dict[str, int]
     samples: int
     prompts_version: int | None
     samples_version: int | None
@@ -147,12 +150,99 @@ def ctr_samples(hist: DataFrame, splits: DataFrame, conf: Config) -> DataFrame:
     )
 
 
-def _user_context_udf(fs: FactorSet, with_demographics: bool) -> Column:
+def _user_context_udf(fs: FactorSet) -> Column:
     def render(history: list, attributes: dict | None) -> str:
         pairs = [(e["title"], float(e["rating"])) for e in history]
-        return prompts.user_context(fs, pairs, attributes if with_demographics else None)
+        return prompts.user_context(fs, pairs, attributes)
 
     return F.udf(render, StringType(), useArrow=True)
+
+
+_COUNTS = "markers int, invisible int, cut int"
+
+
+def clean_inputs(raw: readers.RawData, conf: Config) -> tuple[readers.RawData, dict[str, int]]:
+    """Input text cleaned (factors/untrusted.py) and users' attributes cut to the allow-list.
+
+    Titles, genres and allowed attribute values lose chat/special-token markers of
+    the configured model and invisible characters, and are cut at
+    prepare.max_text_chars; ages become ranges if prepare.bucket_age. Returns the
+    cleaned inputs (cached) and how many markers, invisible characters and cut
+    values were found: the run summary's `sanitized`.
+    """
+    cleaner = untrusted.Cleaner(_model_special_tokens(conf), conf.prepare.max_text_chars)
+    allowed, bucket = set(conf.prepare.user_attributes), conf.prepare.bucket_age
+
+    def tally(done: list[untrusted.Cleaned]) -> dict[str, int]:
+        return {
+            "markers": sum(c.markers for c in done),
+            "invisible": sum(c.invisible for c in done),
+            "cut": sum(c.cut for c in done),
+        }
+
+    # Plain functions without hints: Spark 4 reads hints on a UDF as a pandas-UDF signature.
+    def title(text):
+        c = cleaner.clean(text)
+        return {"value": c.text, **tally([c])}
+
+    def genres(values):
+        done = [cleaner.clean(v) for v in values or []]
+        return {"value": [c.text for c in done if c.text], **tally(done)}
+
+    def attributes(values):
+        pairs = dict(values or {})
+        kept = {k: v for k, v in pairs.items() if k in allowed and v is not None}
+        done = {
+            k: cleaner.clean(age_range(v) if bucket and k == "age" else v) for k, v in kept.items()
+        }
+        return {
+            "value": {k: c.text for k, c in done.items() if c.text},
+            **tally(list(done.values())),
+        }
+
+    def udf(fn, value_type: str) -> Column:
+        return F.udf(fn, f"value {value_type}, {_COUNTS}")
+
+    items = raw.items.select(
+        "item_id",
+        udf(title, "string")("title").alias("t"),
+        udf(genres, "array<string>")("genres").alias("g"),
+    ).cache()
+    parts = [items.select(F.col("t.*")), items.select(F.col("g.*"))]
+    users = None
+    if raw.users is not None:
+        cleaned = raw.users.select(
+            "user_id", udf(attributes, "map<string,string>")("attributes").alias("a")
+        ).cache()
+        parts.append(cleaned.select(F.col("a.*")))
+        users = cleaned.select("user_id", F.col("a.value").alias("attributes"))
+    totals = {"markers": 0, "invisible": 0, "cut": 0}
+    for part in parts:
+        row = part.agg(*[F.sum(k).alias(k) for k in totals]).first()
+        totals = {k: totals[k] + int(row[k] or 0) for k in totals}
+    if any(totals.values()):
+        log.warning(
+            "input text cleaned: %(markers)d chat/special-token markers and %(invisible)d "
+            "invisible characters removed, %(cut)d values cut at prepare.max_text_chars",
+            totals,
+        )
+    items = items.select(
+        "item_id", F.col("t.value").alias("title"), F.col("g.value").alias("genres")
+    )
+    return readers.RawData(interactions=raw.interactions, items=items, users=users), totals
+
+
+def _model_special_tokens(conf: Config) -> list[str]:
+    """The configured model's special tokens; generic markers only if it cannot be loaded."""
+    try:
+        return llm.special_tokens(llm.resolve_model(conf.llm.model, conf.run.cache_dir))
+    except (llm.ModelError, OSError) as e:
+        log.warning(
+            "cannot read llm.model's tokenizer (%s): input text is cleaned of the generic "
+            "chat markers only",
+            e,
+        )
+        return []
 
 
 def settings(conf: Config, fs: FactorSet) -> str:
@@ -173,7 +263,7 @@ def user_prompts(
         windows = windows.join(users, "user_id", "left")
     else:
         windows = windows.withColumn("attributes", F.lit(None).cast("map<string,string>"))
-    render_user = _user_context_udf(fs, conf.prepare.include_demographics)
+    render_user = _user_context_udf(fs)
     return windows.select(
         F.lit("user").alias("kind"),
         F.col("user_id").alias("entity_id"),
@@ -362,7 +452,7 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     spark = spark or session(conf.spark, app_name=f"kar-prepare-{run_id}")
     fs = sets.load(conf.factors.domain, conf.factors.file)
     as_of = conf.run.cutoff()
-    raw = sample(readers.read(spark, conf.data), conf)
+    raw, sanitized = clean_inputs(sample(readers.read(spark, conf.data), conf), conf)
     # Sampled before the cutoff, so replays of one dataset at several cutoffs share a sample.
     before = raw.interactions.where(F.col("timestamp") < int(as_of.timestamp()))
     raw = readers.RawData(interactions=before, items=raw.items, users=raw.users)
@@ -439,6 +529,7 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         prompts_pending=pending_rows.num_rows,
         refresh=refresh,
         bootstrap=n_boot,
+        sanitized=sanitized,
         samples=n_samples,
         prompts_version=prompts_version,
         samples_version=samples_version,

@@ -62,6 +62,8 @@ def run(conf: Config) -> dict[str, Any]:
         # Entities per refresh state (fresh/new/refreshed/stale) and the bootstrap prompts.
         "refresh": prep.refresh,
         "bootstrap_prompts": prep.bootstrap,
+        # Input text cleaned at ingest: markers and invisible characters removed, values cut.
+        "sanitized": prep.sanitized,
         "knowledge_age_days": {
             kind: knowledge.age_summary(ages)
             for kind, ages in knowledge.live_ages(

@@ -1,22 +1,21 @@
 """Fit a prompt into the context window by dropping its oldest history items.
 
-A KAR user prompt is the fixed instruction, a blank line, then the entity
-part whose history reads `"Title", 4 stars; "Title", 5 stars; ...` oldest
-first. When prompt + answer would not fit `llm.max_model_len`, the oldest
-items go first (the fewest that make it fit, found by bisection, so a long
-history costs a handful of tokenizations). The instruction is never cut. An
-entity part with nothing left to drop (e.g. a huge item title) loses its
-beginning instead. Only an instruction that alone does not fit is an error:
-that is a config problem, the same for every prompt.
+A KAR user prompt is the fixed instruction, a blank line, then the entity part
+whose history reads `"Title", 4 stars; "Title", 5 stars; ...` oldest first
+(factors/prompts.py writes it and owns its pattern). When prompt + answer would
+not fit `llm.max_model_len`, the oldest items go first (the fewest that make it
+fit, found by bisection, so a long history costs a handful of tokenizations).
+The instruction is never cut. An entity part with nothing left to drop (e.g. a
+huge item title) loses its beginning instead. Only an instruction that alone
+does not fit is an error: that is a config problem, the same for every prompt.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
-# One history item as factors/prompts.py writes it.
-HISTORY_ITEM = re.compile(r'"(?:[^"]|"(?!, \d))*", \d+(?:\.\d+)? stars;\s*')
+from factors.prompts import HISTORY_ITEM
+
 # Marks a prompt whose entity part had to be cut mid-text.
 ELLIPSIS = "..."
 

@@ -101,3 +101,13 @@ def resolve_model(name: str, cache_dir: Path) -> Path:
             f"({[BUNDLED_PREFIX + k for k in BUNDLED]}): there is no model-hub access"
         )
     return path
+
+
+def special_tokens(model_dir: Path) -> list[str]:
+    """Every special token of the checkpoint's tokenizer (chat markers included): text that
+    the tokenizer would turn into a control token if input data carried it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    added = [t.content for t in tok.added_tokens_decoder.values() if t.special]
+    return sorted(set(tok.all_special_tokens) | set(added))
