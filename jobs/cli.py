@@ -8,6 +8,7 @@
     kar vectors [--version N | --as-of 2026-11-15] [--entity user:196 ...]
     kar publish [--online]        # feature tables (+ Feast online store)
     kar report [--run-id ID]      # (re)build the run report; prints where it is
+    kar forget --user ID | --item ID   # erase one entity from every table and the online store
     kar join --out train.parquet [--format delta] [--samples PATH] [--version N | --as-of ...]
 
 Input errors (config, data, factor files, schemas) exit with status 2 and a
@@ -81,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="build the run report (markdown + plots), print its path")
     rep.add_argument("--run-id", default=None, help="a run in the runs table (default: latest)")
     _add_conf_args(rep)
+    forget = sub.add_parser("forget", help="delete one user or item from every table and store")
+    who = forget.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="ID", help="the user's id as in the input")
+    who.add_argument("--item", metavar="ID", help="the item's id as in the input")
+    _add_conf_args(forget)
     return parser
 
 
@@ -95,6 +101,8 @@ def _stage(command: str, conf: Config) -> dict:
 
 
 def _dispatch(args: argparse.Namespace, conf: Config) -> None:
+    from dataclasses import asdict
+
     if args.command == "run":
         from jobs.run import print_summary, run
 
@@ -116,8 +124,6 @@ def _dispatch(args: argparse.Namespace, conf: Config) -> None:
         snapshot = vectors.resolve(conf.table_path("vectors"), args.version, args.as_of)
         sys.stdout.write(json.dumps(vectors.describe(snapshot, args.entity)) + "\n")
     elif args.command == "publish":
-        from dataclasses import asdict
-
         from jobs import publish
 
         sys.stdout.write(json.dumps(asdict(publish.run(conf, args.online))) + "\n")
@@ -127,9 +133,14 @@ def _dispatch(args: argparse.Namespace, conf: Config) -> None:
         path = report.write(conf, args.run_id)
         plots = [str(path.parent / f"{name}.png") for name in report.PLOTS]
         sys.stdout.write(json.dumps({"report": str(path), "plots": plots}) + "\n")
-    elif args.command == "join":
-        from dataclasses import asdict
+    elif args.command == "forget":
+        from jobs import forget
 
+        kind, entity_id = ("user", args.user) if args.user is not None else ("item", args.item)
+        result = forget.run(conf, kind, entity_id)
+        sys.stderr.write(forget.report(result) + "\n")
+        sys.stdout.write(json.dumps(asdict(result)) + "\n")
+    elif args.command == "join":
         from jobs import join_features
 
         result = join_features.run(

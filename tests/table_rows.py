@@ -108,3 +108,36 @@ def vectors_table(
         for (kind, eid), vec in entries.items()
     ]
     return pa.Table.from_pylist(rows, schema=schemas.VECTORS)
+
+
+def embedding_row(kind: str, entity_id: str, **columns: Any) -> dict[str, Any]:
+    """One `embeddings` row: a 4-d text vector of the entity's `fp-<id>` answer."""
+    return {
+        "kind": kind,
+        "entity_id": entity_id,
+        "fingerprint": f"fp-{entity_id}",
+        "encoder_model": "bundled:all-MiniLM-L6-v2",
+        "dim": 4,
+        "embedding": [0.1, 0.2, 0.3, 0.4],
+        "encoded_at": WHEN,
+    } | columns
+
+
+def sample_row(user_id: str, item_id: str, **columns: Any) -> dict[str, Any]:
+    """One `samples` row: a positive at position 5 after two history items."""
+    return {
+        "user_id": user_id,
+        "item_id": item_id,
+        "label": 1,
+        "rating": 5.0,
+        "timestamp": 1_000,
+        "position": 5,
+        "history_item_ids": ["h1", "h2"],
+        "history_ratings": [4.0, 2.0],
+        "split": "train",
+    } | columns
+
+
+def table_of(name: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Rows of declared table `name` (schemas.TABLES) as Arrow."""
+    return pa.Table.from_pylist(list(rows), schema=schemas.TABLES[name])
