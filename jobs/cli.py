@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from factors.sets import FactorSetError
-from jobs import logs
+from jobs import lock, logs
 from jobs.config import Config, ConfigError, load_config
 from jobs.readers import DataError
 from jobs.tables import SchemaError
@@ -33,6 +33,8 @@ from jobs.tables import SchemaError
 log = logging.getLogger("kar")
 
 STAGES = ("prepare", "generate", "encode", "adapt")
+# Commands that write to run.output_dir: one at a time per directory (jobs/lock.py).
+WRITERS = frozenset({"run", *STAGES, "evaluate", "publish", "forget"})
 INPUT_ERRORS = (ConfigError, DataError, FactorSetError, SchemaError, FileNotFoundError)
 
 
@@ -90,23 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stage(command: str, conf: Config) -> dict:
+def _stage(command: str, conf: Config, run_id: str) -> dict:
     from dataclasses import asdict
 
     from jobs import adapt, encode, generate, prepare
-    from jobs.run import new_run_id
 
     module = {"prepare": prepare, "generate": generate, "encode": encode, "adapt": adapt}[command]
-    return asdict(module.run(conf, new_run_id()))
+    return asdict(module.run(conf, run_id))
 
 
-def _dispatch(args: argparse.Namespace, conf: Config) -> None:
+def _dispatch(args: argparse.Namespace, conf: Config, run_id: str) -> None:
     from dataclasses import asdict
 
     if args.command == "run":
         from jobs.run import print_summary, run
 
-        print_summary(run(conf))
+        print_summary(run(conf, run_id))
     elif args.command == "evaluate":
         from jobs import evaluate
 
@@ -115,9 +116,9 @@ def _dispatch(args: argparse.Namespace, conf: Config) -> None:
     elif args.command == "generate":
         from jobs.generate import run_command
 
-        sys.stdout.write(json.dumps(run_command(conf, args), default=str) + "\n")
+        sys.stdout.write(json.dumps(run_command(conf, args, run_id), default=str) + "\n")
     elif args.command in STAGES:
-        sys.stdout.write(json.dumps(_stage(args.command, conf), default=str) + "\n")
+        sys.stdout.write(json.dumps(_stage(args.command, conf, run_id), default=str) + "\n")
     elif args.command == "vectors":
         from jobs import vectors
 
@@ -169,7 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         conf = load_config(args.conf, args.overrides)
         logs.setup(conf.run.log_level)
-        _dispatch(args, conf)
+        run_id = lock.new_run_id()
+        if args.command in WRITERS:
+            with lock.hold(conf, args.command, run_id):
+                _dispatch(args, conf, run_id)
+        else:
+            _dispatch(args, conf, run_id)
     except INPUT_ERRORS as e:
         logs.setup()
         log.error("%s", e)

@@ -404,17 +404,16 @@ def add_backfill_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_command(conf: Config, args: argparse.Namespace) -> dict[str, Any]:
+def run_command(conf: Config, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     """`kar generate`: run the stage on the selected slice, record it in `runs`, return both."""
     from jobs import accounting
-    from jobs.run import new_run_id
 
     selection = Selection(
         kind=args.kind and args.kind.removesuffix("s"),
         ids=read_ids_file(args.ids_file) if args.ids_file else None,
         since=datetime.combine(args.since, dtime(), UTC) if args.since else None,
     )
-    run_id, started_at = new_run_id(), datetime.now(UTC)
+    started_at = datetime.now(UTC)
     result = run(conf, run_id, selection)
     row = accounting.runs_row(
         conf, run_id, "generate", result, accounting.generate_seconds(result), started_at

@@ -11,11 +11,10 @@ import json
 import logging
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from jobs import accounting, adapt, encode, generate, knowledge, prepare, report, tables
+from jobs import accounting, adapt, encode, generate, knowledge, lock, prepare, report, tables
 from jobs.config import Config
 
 log = logging.getLogger(__name__)
@@ -23,19 +22,14 @@ log = logging.getLogger(__name__)
 TABLE_NAMES = ("prompts", "knowledge", "embeddings", "vectors", "samples", "attributes", "runs")
 
 
-def new_run_id() -> str:
-    """Sortable and unique: UTC time to the second plus a short random suffix."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-
-
 def _table_info(conf: Config, name: str) -> dict[str, Any]:
     path = conf.table_path(name)
     return {"path": str(path.resolve()), "version": tables.version(path)}
 
 
-def run(conf: Config) -> dict[str, Any]:
+def run(conf: Config, run_id: str | None = None) -> dict[str, Any]:
     """Run all stages and return the summary that `kar run` prints."""
-    run_id = new_run_id()
+    run_id = run_id or lock.new_run_id()
     started_at = datetime.now(UTC)
     # One cutoff for every stage of the run (run.as_of; now when unset).
     conf = conf.model_copy(update={"run": conf.run.model_copy(update={"as_of": conf.run.cutoff()})})

@@ -1,0 +1,105 @@
+"""Run ids, and one writer per output directory: a second run fails fast and names the holder.
+
+The lock is an OS file lock (flock) on `<run.output_dir>/.kar.lock`, so it dies
+with its process, `kill -9` included; the file also records who holds it (host,
+pid, run id, command, start time) for the message a second run prints. A lock
+file left by a process that is gone is taken over with a warning. flock works
+on local disks and NFSv4; on storage without it, serialize runs in the
+scheduler (the Airflow DAG runs one at a time).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from jobs.config import Config
+from jobs.readers import DataError
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".kar.lock"
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time to the second plus a short random suffix."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+class LockedError(DataError):
+    """Another live run writes to this output directory (exit 2: run later or elsewhere)."""
+
+
+def _describe(holder: dict) -> str:
+    return (
+        f"run {holder.get('run_id')!r} (`kar {holder.get('command')}`, pid {holder.get('pid')} "
+        f"on {holder.get('host')}, started {holder.get('started_at')})"
+    )
+
+
+@contextmanager
+def hold(conf: Config, command: str, run_id: str) -> Iterator[Path]:
+    """Hold the output directory's lock for the block; LockedError if a live run holds it."""
+    out = conf.run.output_dir
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"run.output_dir {out} cannot be created ({e}); set it to a writable directory"
+        ) from None
+    path = out / LOCK_FILE
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(
+                f"{out} is in use by {_describe(_read(f))}; wait for it to finish, or give "
+                "this run another run.output_dir"
+            ) from None
+        previous = _read(f)
+        if previous:
+            log.warning(
+                "taking over the lock of %s, whose process is gone (it did not finish: this "
+                "run redoes what it left)",
+                _describe(previous),
+            )
+        _write(
+            f,
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "run_id": run_id,
+                "command": command,
+                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
+        try:
+            yield path
+        finally:
+            _write(f, None)  # emptied before release: the next run sees a clean hand-over
+
+
+def _write(f: TextIO, holder: dict | None) -> None:
+    f.seek(0)
+    f.truncate()
+    if holder:
+        f.write(json.dumps(holder))
+    f.flush()
+
+
+def _read(f: TextIO) -> dict:
+    f.seek(0)
+    text = f.read().strip()
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {"run_id": "unknown", "command": "?", "pid": "?", "host": "?", "started_at": "?"}
