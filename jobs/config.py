@@ -7,6 +7,7 @@ Single keys are overridden from the command line as `section.key=value`
 
 from __future__ import annotations
 
+import codecs
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,8 +62,37 @@ class FileConf(_Section):
     format: Literal["csv", "parquet"] = "csv"
     delimiter: str = ","
     header: bool = True
+    # The file's text encoding (csv); a byte that is not valid in it fails with its line named.
+    encoding: str = "utf-8"
     # Our column name -> the file's column name.
     columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("encoding")
+    @classmethod
+    def _spark_charset(cls, name: str) -> str:
+        """Python's name for it (latin-1, utf8, ...) -> the one Spark's CSV reader takes."""
+        try:
+            canonical = codecs.lookup(name).name
+        except LookupError:
+            canonical = name
+        if canonical not in _SPARK_CHARSETS:
+            raise ValueError(
+                f"encoding {name!r} is not one Spark reads; use one of "
+                f"{sorted(set(_SPARK_CHARSETS.values()))} (latin-1 is iso-8859-1)"
+            )
+        return _SPARK_CHARSETS[canonical]
+
+
+# Python codec name -> Spark charset name (the charsets Spark's CSV reader accepts).
+_SPARK_CHARSETS = {
+    "utf-8": "utf-8",
+    "iso8859-1": "iso-8859-1",
+    "ascii": "us-ascii",
+    "utf-16": "utf-16",
+    "utf-16-be": "utf-16be",
+    "utf-16-le": "utf-16le",
+    "utf-32": "utf-32",
+}
 
 
 class SampleConf(_Section):
@@ -81,6 +111,20 @@ class DataConf(_Section):
     items: FileConf | None = None
     users: FileConf | None = None
     sample: SampleConf = Field(default_factory=SampleConf)
+    # Ratings outside [min, max] are an input error (a 500-star rating is a bug upstream).
+    rating_scale: tuple[float, float] = (1.0, 5.0)
+    # Interaction times: seconds or milliseconds since 1970; auto: milliseconds when the
+    # largest value is past year 5138 in seconds (> 1e11), and the log says so.
+    timestamp_unit: Literal["auto", "s", "ms"] = "auto"
+    # Times after now + this many days are an input error, as are zero and negative ones.
+    max_future_days: float = Field(default=1.0, ge=0)
+
+    @field_validator("rating_scale")
+    @classmethod
+    def _scale(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if scale[0] >= scale[1]:
+            raise ValueError(f"rating_scale must be [min, max] with min < max, got {list(scale)}")
+        return scale
 
     @model_validator(mode="after")
     def _inputs_present(self) -> DataConf:

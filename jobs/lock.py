@@ -54,10 +54,18 @@ def hold(conf: Config, command: str, run_id: str) -> Iterator[Path]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(
-            f"run.output_dir {out} cannot be created ({e}); set it to a writable directory"
+            f"run.output_dir {out} cannot be used as a directory ({e.strerror}); set it to a "
+            "writable directory"
         ) from None
     path = out / LOCK_FILE
-    with path.open("a+") as f:
+    try:
+        handle = path.open("a+")
+    except OSError as e:
+        raise DataError(
+            f"run.output_dir {out} is not writable ({e.strerror}); set it to a directory this "
+            "user may write"
+        ) from None
+    with handle as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -18,6 +18,7 @@ incremental and a rerun after a crash resume where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -52,6 +53,8 @@ class PrepareResult:
     bootstrap: int
     # Input text cleaned: markers and invisible characters removed, values cut.
     sanitized: dict[str, int]
+    # Documented repairs of the input (readers.RawData.repairs).
+    repairs: dict[str, int]
     samples: int
     prompts_version: int | None
     samples_version: int | None
@@ -82,7 +85,7 @@ def sample(raw: readers.RawData, conf: Config) -> readers.RawData:
         inter = inter.join(chosen, "user_id")
         if users is not None:
             users = users.join(chosen, "user_id")
-    return readers.RawData(interactions=inter, items=items, users=users)
+    return dataclasses.replace(raw, interactions=inter, items=items, users=users)
 
 
 def user_histories(inter: DataFrame, items: DataFrame, conf: Config) -> DataFrame:
@@ -229,7 +232,7 @@ def clean_inputs(raw: readers.RawData, conf: Config) -> tuple[readers.RawData, d
     items = items.select(
         "item_id", F.col("t.value").alias("title"), F.col("g.value").alias("genres")
     )
-    return readers.RawData(interactions=raw.interactions, items=items, users=users), totals
+    return dataclasses.replace(raw, items=items, users=users), totals
 
 
 def _model_special_tokens(conf: Config) -> list[str]:
@@ -455,12 +458,23 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     raw, sanitized = clean_inputs(sample(readers.read(spark, conf.data), conf), conf)
     # Sampled before the cutoff, so replays of one dataset at several cutoffs share a sample.
     before = raw.interactions.where(F.col("timestamp") < int(as_of.timestamp()))
-    raw = readers.RawData(interactions=before, items=raw.items, users=raw.users)
+    raw = dataclasses.replace(raw, interactions=before)
 
     hist = user_histories(raw.interactions, raw.items, conf).cache()
     splits = split_users(hist, conf)
     samples = ctr_samples(hist, splits, conf).cache()
     current = entity_prompts(user_windows(hist, conf.prepare.window, conf), raw, conf, fs, as_of)
+
+    # Checked before any write: a failed prepare leaves every table as it was.
+    samples_path = conf.table_path("samples")
+    digest = content_digest(samples)
+    n_samples = int(digest.split(":", 1)[0])
+    if n_samples == 0:
+        raise readers.DataError(
+            f"prepare found no CTR samples in {hist.count()} users' histories before "
+            f"{as_of:%Y-%m-%d %H:%M} UTC: every user has a single interaction there. Check "
+            "run.as_of and the interactions file, or raise data.sample.max_items/max_users"
+        )
 
     knowledge_path = conf.table_path("knowledge")
     tables.evolve(knowledge_path, schemas.KNOWLEDGE)
@@ -504,14 +518,6 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         metadata={"run_id": run_id, "as_of": as_of.isoformat()},
     )
 
-    samples_path = conf.table_path("samples")
-    digest = content_digest(samples)
-    n_samples = int(digest.split(":", 1)[0])
-    if n_samples == 0:
-        raise ValueError(
-            "prepare produced no CTR samples: every user has a single interaction after "
-            "sampling; raise data.sample.max_items/max_users or check the interactions file"
-        )
     samples_version = _overwrite_if_changed(samples_path, samples, schemas.SAMPLES, digest, run_id)
     attributes = entity_attributes(raw)
     _overwrite_if_changed(
@@ -530,6 +536,7 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         refresh=refresh,
         bootstrap=n_boot,
         sanitized=sanitized,
+        repairs=raw.repairs,
         samples=n_samples,
         prompts_version=prompts_version,
         samples_version=samples_version,

@@ -19,6 +19,7 @@ Formats (`data.format`):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +37,8 @@ from jobs.config import DataConf, FileConf
 log = logging.getLogger(__name__)
 
 POSITION = ("_file", "_block", "_pos")
+# `_found` of a CSV line whose quotes do not close on it (a quoted newline).
+_OPEN_QUOTE = -2
 ML100K_FILES = {"interactions": "ml-100k.inter", "items": "ml-100k.item", "users": "ml-100k.user"}
 ML1M_FILES = {"interactions": "ratings.dat", "items": "movies.dat", "users": "users.dat"}
 ML1M_COLUMNS = {
@@ -94,6 +97,8 @@ class RawData:
     interactions: DataFrame  # user_id string, item_id string, rating double, timestamp long
     items: DataFrame  # item_id string, title string, genres array<string>
     users: DataFrame | None  # user_id string, attributes map<string,string>
+    # Documented repairs (README, "Bad input and personal data") -> rows affected.
+    repairs: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class DataError(ValueError):
@@ -118,6 +123,8 @@ class _Field:
     kind: _Kind
     # False: a column the file may lack (read as null); True: missing it is a DataError.
     required: bool = True
+    # NUMBER: values outside [min, max] are a DataError (the rating scale).
+    bounds: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,7 @@ class _Raw:
     lines: DataFrame | None  # every raw line with its POSITION (text inputs), for line numbers
     separator: str | None
     hint: str  # how to fix a missing column
+    encoding: str = "utf-8"  # text inputs: how the bytes were decoded
 
     def cell(self, column: str) -> Column:
         return F.col(f"_c{self.columns.index(column)}")
@@ -155,9 +163,24 @@ def _where(raw: _Raw, file: str, block: int, pos: int) -> str:
 
 
 def _exists(path: Path | str, what: str, fix: str) -> str:
+    """The path as text; a missing path, or a folder without data files, is a DataError.
+
+    A folder (a dataset Spark or another engine wrote as part files) is read whole;
+    messages then name the file inside it.
+    """
     text = str(path)
-    if "://" not in text and not Path(text).exists():
+    if "://" in text:
+        return text
+    local = Path(text)
+    if not local.exists():
         raise DataError(f"{what} file {text} does not exist. {fix}")
+    if local.is_dir() and not any(
+        p.is_file() and not p.name.startswith((".", "_")) for p in local.rglob("*")
+    ):
+        raise DataError(
+            f"{what} path {text} is a folder with no data files in it. Point it at the {what} "
+            f"file (or a folder of part files). {fix}"
+        )
     return text
 
 
@@ -217,30 +240,38 @@ def _split_text(
         *[F.get(parts, i).alias(f"_c{i}") for i in range(len(columns))],
     )
     types = dict.fromkeys(columns, T.StringType())
-    return _Raw(path, what, columns, types, rows, lines, separator, hint)
+    return _Raw(path, what, columns, types, rows, lines, separator, hint, encoding)
 
 
 def _csv(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
-    """A generic CSV, one record per line; quoted fields may hold the delimiter."""
+    """A generic CSV, one record per line, quoted as CSV writers do (RFC 4180): a quoted
+    field may hold the delimiter and doubled quotes (`"a ""b"" c"`), not a newline."""
     path = _exists(fc.path, what, f"Fix data.{what}.path.")
+    quoting = {"sep": fc.delimiter, "quote": '"', "escape": '"'}
     names = (
-        spark.read.options(header=fc.header, sep=fc.delimiter, inferSchema=False).csv(path).columns
+        spark.read.options(header=fc.header, inferSchema=False, encoding=fc.encoding, **quoting)
+        .csv(path)
+        .columns
     )
-    header = _first_line(spark, path, "utf-8", what) if fc.header else None
+    header = _first_line(spark, path, fc.encoding, what) if fc.header else None
     schema = ", ".join(f"`_c{i}` STRING" for i in range(len(names))) + ", `_bad` STRING"
-    options = {"sep": fc.delimiter, "mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_bad"}
-    lines = _text_lines(spark, path, "utf-8")
+    options = {**quoting, "mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_bad"}
+    lines = _text_lines(spark, path, fc.encoding)
     parsed = _data_lines(lines, header).select(
         *POSITION, "_line", F.from_csv("_line", schema, options).alias("_r")
     )
+    # An odd number of quote characters leaves a quoted field open at the end of the line.
+    quotes = F.length("_line") - F.length(F.regexp_replace("_line", '"', ""))
     rows = parsed.select(
         *POSITION,
         "_line",
-        F.when(F.col("_r._bad").isNotNull(), F.lit(-1)).alias("_found"),
+        F.when(quotes % 2 == 1, F.lit(_OPEN_QUOTE))
+        .when(F.col("_r._bad").isNotNull(), F.lit(-1))
+        .alias("_found"),
         *[F.col(f"_r._c{i}").alias(f"_c{i}") for i in range(len(names))],
     )
     types = dict.fromkeys(names, T.StringType())
-    return _Raw(path, what, names, types, rows, lines, fc.delimiter, hint)
+    return _Raw(path, what, names, types, rows, lines, fc.delimiter, hint, fc.encoding)
 
 
 def _parquet(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
@@ -292,7 +323,11 @@ def _typed(raw: _Raw, name: str, field: _Field) -> tuple[Column, list[tuple[Colu
             raise DataError(f"{raw.path}: column {label} holds dates; expected a number.")
         number = (text if isinstance(dtype, T.StringType) else v).try_cast("double")
         finite = ~F.isnan(number) & (F.abs(number) != float("inf"))
-        return number, [(empty, "empty"), (number.isNull(), "nan"), (~finite, "infinite")]
+        problems = [(empty, "empty"), (number.isNull(), "nan"), (~finite, "infinite")]
+        if field.bounds is not None:
+            low, high = field.bounds
+            problems.append(((number < low) | (number > high), "scale"))
+        return number, problems
     if isinstance(dtype, _DATETIME):
         seconds = F.unix_seconds(v.cast("timestamp"))
     elif isinstance(dtype, T.StringType):
@@ -308,7 +343,29 @@ _PROBLEMS = {
     "nan": "{value!r} is not a number",
     "infinite": "{value!r} is not a finite number",
     "time": "{value!r} is not a number (epoch seconds) or a date-time",
+    "scale": "{value!r} is outside the rating scale {low:g} to {high:g} (data.rating_scale: fix "
+    "the row, or set the scale your data uses)",
 }
+
+
+def _delimiter_hint(raw: _Raw, line: str | None = None) -> str | None:
+    """The delimiter a header that landed in one column (or a data line) seems to use."""
+    if raw.separator is None:
+        return None
+    for candidate in (",", ";", "\t", "|"):
+        if candidate == raw.separator:
+            continue
+        if line is None and len(raw.columns) == 1 and candidate in raw.columns[0]:
+            what = "The header looks"
+        elif line is not None and line.count(candidate) + 1 == len(raw.columns):
+            what = "The line looks"
+        else:
+            continue
+        return (
+            f"{what} {candidate!r}-separated, not {raw.separator!r}: set "
+            f"data.{raw.what}.delimiter: {candidate!r}."
+        )
+    return None
 
 
 def _check(raw: _Raw, fields: Mapping[str, _Field]) -> DataFrame:
@@ -321,7 +378,7 @@ def _check(raw: _Raw, fields: Mapping[str, _Field]) -> DataFrame:
             label = _label(field.column, name)
             raise DataError(
                 f"{raw.path}: column {label} is missing; the file has columns: "
-                f"{', '.join(raw.columns)}. {raw.hint}"
+                f"{', '.join(raw.columns)}. {_delimiter_hint(raw) or raw.hint}"
             )
 
     def cause(column: str, value: Column, problem: str) -> Column:
@@ -331,8 +388,13 @@ def _check(raw: _Raw, fields: Mapping[str, _Field]) -> DataFrame:
 
     typed: dict[str, Column] = {}
     rows = raw.rows
-    # Checks in column order; the first failing one names the row's error.
-    chain = F.when(F.col("_found").isNotNull(), cause("", F.col("_line"), "shape"))
+    # Checks in column order; the first failing one names the row's error. Spark keeps a
+    # line's bytes as read: bytes invalid in UTF-8 become U+FFFD only once decoded, which
+    # a regex match does (a byte-wise `contains` would not see them).
+    invalid = F.col("_line").rlike("\\x{FFFD}") if raw.lines is not None else F.lit(False)
+    chain = F.when(invalid, cause("", F.col("_line"), "encoding")).when(
+        F.col("_found").isNotNull(), cause("", F.col("_line"), "shape")
+    )
     for name, field in fields.items():
         column, problems = _typed(raw, name, field)
         typed[name] = column
@@ -356,18 +418,31 @@ def _check(raw: _Raw, fields: Mapping[str, _Field]) -> DataFrame:
         tally = (
             f" ({result['bad']} bad rows in all; this is the first.)" if result["bad"] > 1 else ""
         )
+        if problem == "encoding":
+            raise DataError(
+                f"{where}: the line holds bytes that are not valid {raw.encoding}: {value!r}. "
+                f"Set data.{raw.what}.encoding to the file's encoding (e.g. latin-1), or fix "
+                f"the line.{tally}"
+            )
+        if problem == "shape" and first["_found"] == _OPEN_QUOTE:
+            raise DataError(
+                f"{where}: a quoted field runs past the end of the line (a newline inside "
+                f"quotes): {value!r}. Keep each CSV record on one line, or use format: "
+                f"parquet.{tally}"
+            )
         if problem == "shape":
             found = "a different number of fields" if first["_found"] < 0 else first["_found"]
+            hint = _delimiter_hint(raw, value) or "Fix the row or remove it."
             raise DataError(
                 f"{where}: expected {len(raw.columns)} fields ({', '.join(raw.columns)}) "
-                f"separated by {raw.separator!r}, found {found}: {value!r}. "
-                f"Fix the row or remove it.{tally}"
+                f"separated by {raw.separator!r}, found {found}: {value!r}. {hint}{tally}"
             )
-        field = fields[column]
-        label = _label(field.column, column)
+        spec = fields[column]
+        label = _label(spec.column, column)
+        low, high = spec.bounds or (0, 0)
         raise DataError(
-            f"{where}, column {label}: {_PROBLEMS[problem].format(value=value)}. "
-            f"Fix the row or remove it.{tally}"
+            f"{where}, column {label}: {_PROBLEMS[problem].format(value=value, low=low, high=high)}"
+            f". Fix the row or remove it.{tally}"
         )
     log.info("%s: %d rows from %s", raw.what, result["rows"], raw.path)
     return rows.select(*POSITION, *[col.alias(name) for name, col in typed.items()])
@@ -435,7 +510,7 @@ class _Table:
 _Inputs = tuple[_Table, _Table, _Table | None]  # interactions, items, users
 
 
-def _movielens_100k(spark: SparkSession, root: Path) -> _Inputs:
+def _movielens_100k(spark: SparkSession, root: Path, scale: tuple[float, float]) -> _Inputs:
     fix = f"Run `python -m jobs.datasets {root}` to fetch MovieLens 100K, or fix data.path."
     hint = "The file is not a RecBole atomic file of MovieLens 100K; fetch it again."
     paths = {what: root / name for what, name in ML100K_FILES.items()}
@@ -450,7 +525,7 @@ def _movielens_100k(spark: SparkSession, root: Path) -> _Inputs:
         {
             "user_id": _Field("user_id", _Kind.ID),
             "item_id": _Field("item_id", _Kind.ID),
-            "rating": _Field("rating", _Kind.NUMBER),
+            "rating": _Field("rating", _Kind.NUMBER, bounds=scale),
             "timestamp": _Field("timestamp", _Kind.TIMESTAMP),
         },
     )
@@ -488,7 +563,7 @@ def _movielens_100k(spark: SparkSession, root: Path) -> _Inputs:
     return _Table(inter_raw, inter), _Table(items_raw, items), _Table(users_raw, users)
 
 
-def _movielens_1m(spark: SparkSession, root: Path) -> _Inputs:
+def _movielens_1m(spark: SparkSession, root: Path, scale: tuple[float, float]) -> _Inputs:
     fix = "Place the ML-1M files (ratings.dat, movies.dat, users.dat) there, or fix data.path."
     hint = "The file is not in MovieLens 1M `::` format."
     paths = {what: root / name for what, name in ML1M_FILES.items()}
@@ -504,7 +579,7 @@ def _movielens_1m(spark: SparkSession, root: Path) -> _Inputs:
         {
             "user_id": _Field("UserID", _Kind.ID),
             "item_id": _Field("MovieID", _Kind.ID),
-            "rating": _Field("Rating", _Kind.NUMBER),
+            "rating": _Field("Rating", _Kind.NUMBER, bounds=scale),
             "timestamp": _Field("Timestamp", _Kind.TIMESTAMP),
         },
     )
@@ -539,7 +614,7 @@ def _movielens_1m(spark: SparkSession, root: Path) -> _Inputs:
     return _Table(inter_raw, inter), _Table(items_raw, items), _Table(users_raw, users)
 
 
-def _generic_fields(what: str, fc: FileConf) -> dict[str, _Field]:
+def _generic_fields(what: str, fc: FileConf, scale: tuple[float, float]) -> dict[str, _Field]:
     mapping = dict(fc.columns)
     if what == "users":
         attrs = {k: _Field(v, _Kind.OPTIONAL) for k, v in mapping.items() if k != "user_id"}
@@ -553,7 +628,9 @@ def _generic_fields(what: str, fc: FileConf) -> dict[str, _Field]:
     if what == "interactions":
         kinds = {"user_id": _Kind.ID, "item_id": _Kind.ID, "rating": _Kind.NUMBER}
         kinds["timestamp"] = _Kind.TIMESTAMP
-        return {k: _Field(mapping.get(k, k), kind) for k, kind in kinds.items()}
+        fields = {k: _Field(mapping.get(k, k), kind) for k, kind in kinds.items()}
+        fields["rating"] = _Field(mapping.get("rating", "rating"), _Kind.NUMBER, bounds=scale)
+        return fields
     return {
         "item_id": _Field(mapping.get("item_id", "item_id"), _Kind.ID),
         "title": _Field(mapping.get("title", "title"), _Kind.TEXT),
@@ -562,13 +639,15 @@ def _generic_fields(what: str, fc: FileConf) -> dict[str, _Field]:
     }
 
 
-def _generic_table(spark: SparkSession, fc: FileConf, what: str) -> _Table:
+def _generic_table(
+    spark: SparkSession, fc: FileConf, what: str, scale: tuple[float, float]
+) -> _Table:
     hint = f"Map it in data.{what}.columns or fix the file's header."
     reader: Callable[[SparkSession, FileConf, str, str], _Raw] = (
         _parquet if fc.format == "parquet" else _csv
     )
     raw = reader(spark, fc, what, hint)
-    df = _check(raw, _generic_fields(what, fc))
+    df = _check(raw, _generic_fields(what, fc, scale))
     if what == "items":
         df = df.withColumn("genres", _genres(F.col("genres"), r"\|"))
     elif what == "users":
@@ -580,19 +659,28 @@ def _generic_table(spark: SparkSession, fc: FileConf, what: str) -> _Table:
 def _generic(spark: SparkSession, conf: DataConf) -> _Inputs:
     if conf.interactions is None or conf.items is None:
         raise DataError("data.format 'generic' needs data.interactions and data.items.")
+    scale = conf.rating_scale
     return (
-        _generic_table(spark, conf.interactions, "interactions"),
-        _generic_table(spark, conf.items, "items"),
-        None if conf.users is None else _generic_table(spark, conf.users, "users"),
+        _generic_table(spark, conf.interactions, "interactions", scale),
+        _generic_table(spark, conf.items, "items", scale),
+        None if conf.users is None else _generic_table(spark, conf.users, "users", scale),
     )
 
 
 def _directory(path: Path | None, fmt: str) -> Path:
+    fetch = (
+        " Run `python -m jobs.datasets data/ml-100k` to fetch it."
+        if fmt == "movielens-100k"
+        else ""
+    )
     if path is None or not path.is_dir():
-        fetch = " Run `python -m jobs.datasets data/ml-100k` to fetch it."
         raise DataError(
             f"data.path {path} is not a directory; data.format {fmt!r} reads its files from one."
-            + (fetch if fmt == "movielens-100k" else "")
+            + fetch
+        )
+    if not any(path.iterdir()):
+        raise DataError(
+            f"data.path {path} is an empty directory; put the {fmt} files there.{fetch}"
         )
     return path
 
@@ -601,20 +689,113 @@ def read(spark: SparkSession, conf: DataConf) -> RawData:
     """Read and validate the configured inputs; raise DataError at the first bad row."""
     started = time.monotonic()
     if conf.format == "movielens-100k":
-        inter, items, users = _movielens_100k(spark, _directory(conf.path, conf.format))
+        inputs = _movielens_100k(spark, _directory(conf.path, conf.format), conf.rating_scale)
     elif conf.format == "movielens-1m":
-        inter, items, users = _movielens_1m(spark, _directory(conf.path, conf.format))
+        inputs = _movielens_1m(spark, _directory(conf.path, conf.format), conf.rating_scale)
     else:
-        inter, items, users = _generic(spark, conf)
+        inputs = _generic(spark, conf)
+    inter, items, users = inputs
     _unique(items.raw, items.df, "item_id")
     if users is not None:
         _unique(users.raw, users.df, "user_id")
     _known_items(inter.raw, inter.df, items.raw, items.df)
+    inter = _times(inter, conf)
+    inter, duplicates = _duplicates(inter)
+    repairs = {"exact_duplicate_interactions_dropped": duplicates}
+    repairs |= _without_interactions(inter.df, items.df, users.df if users else None)
     if users is None:
-        log.info("no users file: prompts will carry no demographics")
+        log.info("no users file: prompts will carry no user attributes")
     log.info("read and validated %s inputs in %.1f s", conf.format, time.monotonic() - started)
     return RawData(
         interactions=inter.df.drop(*POSITION),
         items=items.df.drop(*POSITION),
         users=None if users is None else users.df.drop(*POSITION),
+        repairs=repairs,
     )
+
+
+_MS_THRESHOLD = 100_000_000_000  # 1e11 s is year 5138; as milliseconds, 1973
+
+
+def _times(inter: _Table, conf: DataConf) -> _Table:
+    """Timestamps in seconds (milliseconds converted, by config or detected and logged); zero,
+    negative and far-future times are a DataError naming the first such row."""
+    df, unit = inter.df, conf.timestamp_unit
+    if unit == "auto":
+        largest = df.agg(F.max("timestamp")).first()[0]
+        unit = "ms" if largest is not None and largest > _MS_THRESHOLD else "s"
+        if unit == "ms":
+            log.warning(
+                "%s: timestamps read as milliseconds (largest %d is past year 5138 in "
+                "seconds); set data.timestamp_unit: ms to say so, or s to refuse them",
+                inter.raw.path,
+                largest,
+            )
+    if unit == "ms":
+        df = df.withColumn("timestamp", F.floor(F.col("timestamp") / 1000).cast("long"))
+    limit = int(time.time() + conf.max_future_days * 86_400)
+    bad = (F.col("timestamp") <= 0) | (F.col("timestamp") > limit)
+    first = (
+        df.where(bad)
+        .agg(F.count("*").alias("n"), F.min(F.struct(*POSITION, "timestamp")).alias("first"))
+        .first()
+    )
+    if first["n"]:
+        row = first["first"]
+        where = _where(inter.raw, row["_file"], row["_block"], row["_pos"])
+        raise DataError(
+            f"{where}, column timestamp: {row['timestamp']} ({unit}) is not a time between 1970 "
+            f"and now + data.max_future_days ({conf.max_future_days:g} days). Fix the row, or "
+            f"set data.timestamp_unit if the times are in another unit ({first['n']} row(s) "
+            "like it)."
+        )
+    return _Table(inter.raw, df)
+
+
+def _duplicates(inter: _Table) -> tuple[_Table, int]:
+    """Exact duplicate interactions dropped (a counted repair); the same user, item and time
+    with two ratings is a DataError naming both rows."""
+    key = ["user_id", "item_id", "timestamp"]
+    at = F.struct(*POSITION)
+    groups = (
+        inter.df.groupBy(key)
+        .agg(
+            F.count("*").alias("n"),
+            F.countDistinct("rating").alias("ratings"),
+            F.min(at).alias("first"),
+            F.max(at).alias("last"),
+        )
+        .where(F.col("n") > 1)
+    )
+    summary = groups.agg(
+        F.sum(F.col("n") - 1).alias("extra"),
+        F.min(F.when(F.col("ratings") > 1, F.struct("first", "last", *key))).alias("conflict"),
+    ).first()
+    conflict = summary["conflict"]
+    if conflict is not None:
+        first, last = (_where(inter.raw, *conflict[k]) for k in ("first", "last"))
+        raise DataError(
+            f"{inter.raw.path}: user {conflict['user_id']!r} rated item {conflict['item_id']!r} "
+            f"at the same time {conflict['timestamp']} with different ratings ({first} and "
+            f"{last}); keep one of the rows."
+        )
+    extra = int(summary["extra"] or 0)
+    if not extra:
+        return inter, 0
+    log.warning("%s: %d exact duplicate interaction rows dropped", inter.raw.path, extra)
+    return _Table(inter.raw, inter.df.dropDuplicates([*key, "rating"])), extra
+
+
+def _without_interactions(
+    inter: DataFrame, items: DataFrame, users: DataFrame | None
+) -> dict[str, int]:
+    """Users and items no interaction mentions: users get no prompt, items still do."""
+    counts = {
+        "items_without_interactions": items.join(inter, "item_id", "left_anti").count(),
+    }
+    if users is not None:
+        counts["users_without_interactions"] = users.join(inter, "user_id", "left_anti").count()
+    for what, n in counts.items():
+        if n:
+            log.info("%s: %d", what.replace("_", " "), n)
+    return counts

@@ -58,6 +58,8 @@ def run(conf: Config, run_id: str | None = None) -> dict[str, Any]:
         "bootstrap_prompts": prep.bootstrap,
         # Input text cleaned at ingest: markers and invisible characters removed, values cut.
         "sanitized": prep.sanitized,
+        # Documented input repairs (exact duplicates dropped, entities without interactions).
+        "repairs": prep.repairs,
         "knowledge_age_days": {
             kind: knowledge.age_summary(ages)
             for kind, ages in knowledge.live_ages(
