@@ -280,15 +280,17 @@ def vector_rows(
 def run(conf: Config, run_id: str) -> AdaptResult:
     started = time.monotonic()
     samples_path, vectors_path = conf.table_path("samples"), conf.table_path("vectors")
-    samples_version = tables.version(samples_path)
-    samples = tables.read(samples_path, schemas.SAMPLES)
+    # The versions the last completed prepare published (a killed prepare's are not).
+    samples, samples_version = tables.read_published(samples_path, schemas.SAMPLES, "prepare")
     if samples_version is None or samples.num_rows == 0:
         raise InputError(
             f"samples table at {samples_path} is missing or empty; "
             "run the prepare stage first (kar prepare)"
         )
     attributes_path = conf.table_path("attributes")
-    attributes = tables.read(attributes_path, schemas.ATTRIBUTES)
+    attributes, attributes_version = tables.read_published(
+        attributes_path, schemas.ATTRIBUTES, "prepare"
+    )
     if attributes.num_rows == 0:
         log.warning(
             "no attributes table at %s: backbones see ids and history only "
@@ -314,9 +316,7 @@ def run(conf: Config, run_id: str) -> AdaptResult:
         samples.num_rows,
         current.num_rows,
     )
-    input_fp = input_fingerprint(
-        conf, samples_version, tables.version(attributes_path), current, trained_on
-    )
+    input_fp = input_fingerprint(conf, samples_version, attributes_version, current, trained_on)
     previous = _published_metrics(vectors_path, input_fp)
     if previous is not None:
         version = tables.version(vectors_path)

@@ -154,7 +154,8 @@ def entity_texts(conf: Config, attributes: pa.Table) -> EntityTexts:
         strict=True,
     ):
         by_kind[kind][eid] = {"history": context, "answer": text}
-    prompts = _kar_protocol(tables.read(conf.table_path("prompts"), schemas.PROMPTS))
+    published, _ = tables.read_published(conf.table_path("prompts"), schemas.PROMPTS, "prepare")
+    prompts = _kar_protocol(published)
     for kind, eid, context in zip(
         *(prompts.column(c).to_pylist() for c in ("kind", "entity_id", "context")), strict=True
     ):
@@ -262,13 +263,15 @@ def run(conf: Config) -> dict:
     ev = conf.evaluate
     work_dir = conf.run.output_dir / "evaluate"  # encoder cache and exported vectors
     out_dir = ev.out_dir or work_dir
-    samples = tables.read(conf.table_path("samples"), schemas.SAMPLES)
+    samples, _ = tables.read_published(conf.table_path("samples"), schemas.SAMPLES, "prepare")
     if samples.num_rows == 0:
         raise InputError(
             f"samples table at {conf.table_path('samples')} is missing or empty; "
             "run kar prepare first"
         )
-    attributes = tables.read(conf.table_path("attributes"), schemas.ATTRIBUTES)
+    attributes, _ = tables.read_published(
+        conf.table_path("attributes"), schemas.ATTRIBUTES, "prepare"
+    )
     texts = entity_texts(conf, attributes)
     if texts.prompt_ends.num_rows == 0:
         raise InputError(

@@ -211,7 +211,8 @@ def pending_prompts(conf: Config, selection: Selection = Selection()) -> tuple[i
         raise FileNotFoundError(
             f"no prompts table at {prompts_path}; run `kar prepare` with the same config first"
         )
-    prompts = _select(conf, tables.read(prompts_path, PROMPTS), selection)
+    published, _ = tables.read_published(prompts_path, PROMPTS, "prepare")
+    prompts = _select(conf, published, selection)
     total = prompts.num_rows
     indexed = prompts.append_column("_row", pa.array(range(total), pa.int64()))
     first = indexed.group_by(KEYS).aggregate([("_row", "min")]).column("_row_min")

@@ -520,12 +520,19 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
 
     samples_version = _overwrite_if_changed(samples_path, samples, schemas.SAMPLES, digest, run_id)
     attributes = entity_attributes(raw)
-    _overwrite_if_changed(
+    attributes_version = _overwrite_if_changed(
         conf.table_path("attributes"),
         attributes,
         schemas.ATTRIBUTES,
         content_digest(attributes),
         run_id,
+    )
+    # Last: readers see these three versions, or (if this run dies first) the previous three.
+    tables.record_stage(
+        conf.table_path("stages"),
+        run_id,
+        "prepare",
+        {"prompts": prompts_version, "samples": samples_version, "attributes": attributes_version},
     )
     for frame in (hist, samples, boot):
         frame.unpersist()

@@ -14,12 +14,23 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from jobs import accounting, adapt, encode, generate, knowledge, lock, prepare, report, tables
+from jobs import (
+    accounting,
+    adapt,
+    encode,
+    generate,
+    knowledge,
+    lock,
+    prepare,
+    report,
+    schemas,
+    tables,
+)
 from jobs.config import Config
 
 log = logging.getLogger(__name__)
 
-TABLE_NAMES = ("prompts", "knowledge", "embeddings", "vectors", "samples", "attributes", "runs")
+TABLE_NAMES = tuple(schemas.TABLES)
 
 
 def _table_info(conf: Config, name: str) -> dict[str, Any]:

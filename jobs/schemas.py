@@ -170,6 +170,18 @@ RUNS = pa.schema(
     ]
 )
 
+# One row per stage a run completed, with the versions of the tables it published together.
+# Readers pin to the last completed stage's versions, so a stage killed between two of its
+# commits (prompts written, samples not yet) is invisible until a run completes it.
+STAGES = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("versions", pa.map_(pa.string(), pa.int64()), nullable=False),
+        pa.field("finished_at", UTC_US, nullable=False),
+    ]
+)
+
 # Feature-store offline tables, written by `kar publish` (not by a run, hence not in
 # TABLES): one row per entity and published vectors version, keyed the way Feast's
 # entities are; event_timestamp = the version's commit time.
@@ -199,4 +211,5 @@ TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "attributes": ATTRIBUTES,
     "runs": RUNS,
+    "stages": STAGES,
 }

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Field, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+
+from jobs.schemas import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -161,3 +164,31 @@ def commit_metadata(path: Path, key: str) -> str | None:
         return None
     latest = table.history(1)
     return latest[0].get(key) if latest else None
+
+
+def record_stage(path: Path, run_id: str, stage: str, versions: Mapping[str, int]) -> None:
+    """Append that `run_id` completed `stage`, publishing these table versions together."""
+    row = {"run_id": run_id, "stage": stage, "versions": list(versions.items())}
+    row["finished_at"] = datetime.now(UTC)
+    write_deltalake(str(path), pa.Table.from_pylist([row], schema=STAGES), mode="append")
+
+
+def pinned(path: Path, stage: str, table: str) -> int | None:
+    """The version of `table` the last completed `stage` published (None: no record, e.g. a
+    table of an older release; read the latest then)."""
+    stages = open_table(path)
+    if stages is None:
+        return None
+    rows = stages.to_pyarrow_table(filters=[("stage", "=", stage)])
+    if rows.num_rows == 0:
+        return None
+    latest = rows.sort_by([("finished_at", "ascending")]).slice(rows.num_rows - 1)
+    return dict(latest.column("versions")[0].as_py()).get(table)
+
+
+def read_published(path: Path, schema: pa.Schema, stage: str) -> tuple[pa.Table, int | None]:
+    """(rows, version) of `path`'s table as the last completed `stage` published it, from
+    the `stages` table beside it; the latest version where no stage recorded it."""
+    pinned_version = pinned(path.parent / "stages", stage, path.name)
+    at = version(path) if pinned_version is None else pinned_version
+    return read(path, schema, at), at

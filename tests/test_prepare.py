@@ -275,3 +275,29 @@ def test_input_text_is_cleaned_and_personal_data_is_opt_in(spark, make_config):
     assert prepare.clean_inputs(raw, bucketed)[0].users.collect()[0]["attributes"] == {
         "age": "18-24"
     }
+
+
+def test_readers_see_the_last_completed_prepare_not_a_half_written_one(
+    spark, ml100k, make_config, monkeypatch
+):
+    from jobs import generate
+
+    conf = make_config("data.sample.max_items=20", "data.sample.max_users=15")
+    first = prepare.run(conf, "r1", spark)
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed after the prompts commit")
+
+    monkeypatch.setattr(prepare, "_overwrite_if_changed", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        prepare.run(conf, "r2", spark)
+    # r2 committed its prompts, but never completed: every reader still sees r1's tables.
+    assert tables.version(conf.table_path("prompts")) == first.prompts_version + 1
+    _, pending = generate.pending_prompts(conf)
+    assert set(pending.column("run_id").to_pylist()) == {"r1"}
+    published, version = tables.read_published(
+        conf.table_path("samples"), schemas.SAMPLES, "prepare"
+    )
+    assert version == first.samples_version and published.num_rows == first.samples
+    stages = tables.read(conf.table_path("stages"), schemas.STAGES).to_pylist()
+    assert [(s["run_id"], s["stage"]) for s in stages] == [("r1", "prepare")]
