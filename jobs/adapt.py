@@ -44,7 +44,7 @@ from adapters import data as ctr_data
 from adapters.data import EntityMatrix
 from adapters.moe import TOWERS, HybridExpertAdaptor, Tower
 from adapters.train import train_and_evaluate
-from jobs import knowledge, schemas, tables
+from jobs import faults, knowledge, schemas, tables
 from jobs.config import Config
 from jobs.readers import DataError
 
@@ -408,6 +408,7 @@ def run(conf: Config, run_id: str) -> AdaptResult:
 
     checkpoint = adaptor_checkpoint(conf, run_id)
     adaptor.save(checkpoint, input_fingerprint=input_fp, version_id=run_id)
+    faults.point("adapt:before-vectors")
     version = tables.overwrite(
         vectors_path,
         rows,

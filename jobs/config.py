@@ -288,6 +288,9 @@ class EncoderConf(_Section):
     # "bundled:all-MiniLM-L6-v2" or any sentence-transformers model directory.
     model: str = "bundled:all-MiniLM-L6-v2"
     batch_size: int = Field(default=64, gt=0)
+    # Commit vectors to Delta once this many are buffered (and at the end): a crash loses
+    # at most these.
+    commit_rows: int = Field(default=2048, gt=0)
     device: str = "cpu"
     pool: PoolConf = Field(default_factory=PoolConf)
 

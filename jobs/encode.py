@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from encoders.inputs import encoder_input
 from encoders.sentence import BUNDLED_PREFIX, EncoderError, SentenceEncoder, resolve_encoder
-from jobs import knowledge, tables
+from jobs import faults, knowledge, tables
 from jobs.actors import ActorStage
 from jobs.config import Config, ConfigError, EncoderConf
 from jobs.schemas import EMBEDDINGS
@@ -31,8 +31,6 @@ from jobs.schemas import EMBEDDINGS
 log = logging.getLogger(__name__)
 
 KEYS = ["kind", "entity_id", "fingerprint", "encoder_model"]
-# Commit to Delta once this many vectors are buffered (and at the end): few commits, small loss.
-COMMIT_ROWS = 2048
 
 
 @dataclass
@@ -156,7 +154,7 @@ def _batches(
             yield pending.slice(a, b - a), batch
 
 
-def run(conf: Config, run_id: str, commit_rows: int = COMMIT_ROWS) -> EncodeResult:
+def run(conf: Config, run_id: str) -> EncodeResult:
     """Encode every entity whose current knowledge has no vector yet; MERGE into `embeddings`."""
     started = time.monotonic()
     path = conf.table_path("embeddings")
@@ -191,8 +189,9 @@ def run(conf: Config, run_id: str, commit_rows: int = COMMIT_ROWS) -> EncodeResu
         done += len(batch.vectors)
         truncated += batch.truncated
         busy += batch.seconds
-        if buffered >= commit_rows:
+        if buffered >= conf.encoder.commit_rows:
             flush()
+            faults.point("encode:after-commit")
     if buffer:
         flush()
 

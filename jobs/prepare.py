@@ -34,7 +34,7 @@ from pyspark.sql.types import StringType
 from factors import prompts, sets, untrusted
 from factors.sets import FactorSet
 from factors.untrusted import age_range
-from jobs import knowledge, llm, readers, schemas, tables
+from jobs import faults, knowledge, llm, readers, schemas, tables
 from jobs.config import Config
 from jobs.spark import read_delta, session, to_arrow
 
@@ -518,6 +518,7 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         metadata={"run_id": run_id, "as_of": as_of.isoformat()},
     )
 
+    faults.point("prepare:after-prompts")
     samples_version = _overwrite_if_changed(samples_path, samples, schemas.SAMPLES, digest, run_id)
     attributes = entity_attributes(raw)
     attributes_version = _overwrite_if_changed(

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import schemas, tables
+from jobs import faults, schemas, tables
 from jobs.config import Config, ConfigError
 from jobs.vectors import Snapshot, read, resolve
 
@@ -150,6 +150,7 @@ def run(conf: Config, online: bool = False) -> PublishResult:
         counts["features_user"],
         counts["features_item"],
     )
+    faults.point("publish:before-online")
     if online:
         materialize(conf, snapshot)
     return PublishResult(

@@ -48,7 +48,7 @@ def knowledge(rows: list[tuple], **columns: object) -> pa.Table:
 
 @pytest.fixture
 def conf(make_config, ray_local) -> Config:
-    c = make_config("encoder.batch_size=2")
+    c = make_config("encoder.batch_size=2", "encoder.commit_rows=3")
     tables.overwrite(c.table_path("knowledge"), knowledge(ROWS), KNOWLEDGE)
     return c
 
@@ -67,7 +67,7 @@ def embeddings(conf: Config) -> dict[tuple[str, str, str], tuple[str, int, np.nd
 
 
 def test_encodes_latest_knowledge_once_and_only_what_changed(conf: Config) -> None:
-    first = encode.run(conf, "r1", commit_rows=3)
+    first = encode.run(conf, "r1")
     assert first.encoded == 6  # 3 users + 3 items; user 1's older answer is not current
     stored = embeddings(conf)
     assert set(stored) == {
