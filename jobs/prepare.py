@@ -251,10 +251,10 @@ def _model_special_tokens(conf: Config) -> list[str]:
 def settings(conf: Config, fs: FactorSet) -> str:
     """Everything besides the prompt text that changes the answer: template, factors, model
     and its sampling settings (engine and batch size do not belong here)."""
-    llm = conf.llm
+    model = conf.llm
     return (
-        f"{prompts.TEMPLATE_VERSION}|{fs.version}|{llm.model}|"
-        f"{llm.max_new_tokens}|{llm.temperature}|{llm.top_p}|{llm.seed}"
+        f"{prompts.TEMPLATE_VERSION}|{fs.version}|{model.model}|"
+        f"{model.max_new_tokens}|{model.temperature}|{model.top_p}|{model.seed}"
     )
 
 

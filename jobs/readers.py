@@ -28,7 +28,7 @@ from enum import Enum
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -37,7 +37,8 @@ from jobs.config import DataConf, FileConf
 log = logging.getLogger(__name__)
 
 POSITION = ("_file", "_block", "_pos")
-# `_found` of a CSV line whose quotes do not close on it (a quoted newline).
+# `_found` of a CSV line whose quotes do not close on it (a quoted newline): such a file is
+# read record by record (_csv_records).
 _OPEN_QUOTE = -2
 ML100K_FILES = {"interactions": "ml-100k.inter", "items": "ml-100k.item", "users": "ml-100k.user"}
 ML1M_FILES = {"interactions": "ratings.dat", "items": "movies.dat", "users": "users.dat"}
@@ -142,6 +143,8 @@ class _Raw:
     separator: str | None
     hint: str  # how to fix a missing column
     encoding: str = "utf-8"  # text inputs: how the bytes were decoded
+    # CSV with quoted newlines: rows are records (1-based, header excluded), not lines.
+    records: bool = False
 
     def cell(self, column: str) -> Column:
         return F.col(f"_c{self.columns.index(column)}")
@@ -155,6 +158,8 @@ def _display(file_uri: str) -> str:
 def _where(raw: _Raw, file: str, block: int, pos: int) -> str:
     """'<file>, line N' (exact, 1-based) for text; '<file>, row index N' for Parquet."""
     shown = raw.path if Path(raw.path).is_file() else _display(file)
+    if raw.records:
+        return f"{shown}, record {pos} (1-based, after the header; a record may span lines)"
     if raw.lines is None:
         return f"{shown}, row index {pos} (0-based)"
     before = (F.col("_block") < block) | ((F.col("_block") == block) & (F.col("_pos") <= pos))
@@ -244,8 +249,9 @@ def _split_text(
 
 
 def _csv(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
-    """A generic CSV, one record per line, quoted as CSV writers do (RFC 4180): a quoted
-    field may hold the delimiter and doubled quotes (`"a ""b"" c"`), not a newline."""
+    """A generic CSV quoted as CSV writers do (RFC 4180): a quoted field may hold the
+    delimiter, doubled quotes (`"a ""b"" c"`) and newlines. Read line by line, so errors
+    name exact lines; a file with a quoted newline is read record by record instead."""
     path = _exists(fc.path, what, f"Fix data.{what}.path.")
     quoting = {"sep": fc.delimiter, "quote": '"', "escape": '"'}
     names = (
@@ -271,7 +277,51 @@ def _csv(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
         *[F.col(f"_r._c{i}").alias(f"_c{i}") for i in range(len(names))],
     )
     types = dict.fromkeys(names, T.StringType())
+    if rows.where(F.col("_found") == _OPEN_QUOTE).limit(1).count():
+        # A quoted field holds a newline: parse records, not lines (positions become records).
+        return _csv_records(spark, fc, path, what, hint, names)
     return _Raw(path, what, names, types, rows, lines, fc.delimiter, hint, fc.encoding)
+
+
+def _csv_records(
+    spark: SparkSession, fc: FileConf, path: str, what: str, hint: str, names: list[str]
+) -> _Raw:
+    """A CSV whose quoted fields may span lines, parsed record by record (Spark's multiLine
+    reader: a file is one partition, so ids within it count its records in order)."""
+    schema = T.StructType(
+        [T.StructField(f"_c{i}", T.StringType()) for i in range(len(names))]
+        + [T.StructField("_bad", T.StringType())]
+    )
+    df = (
+        spark.read.options(
+            header=fc.header,
+            multiLine=True,
+            encoding=fc.encoding,
+            sep=fc.delimiter,
+            quote='"',
+            escape='"',
+            mode="PERMISSIVE",
+            columnNameOfCorruptRecord="_bad",
+        )
+        .schema(schema)
+        .csv(path)
+    )
+    ids = df.select(
+        F.col("_metadata.file_path").alias("_file"),
+        F.monotonically_increasing_id().alias("_id"),
+        "*",
+    )
+    first = F.min("_id").over(Window.partitionBy("_file"))
+    rows = ids.select(
+        "_file",
+        F.lit(0).cast("long").alias("_block"),
+        (F.col("_id") - first + 1).alias("_pos"),
+        F.col("_bad").alias("_line"),
+        F.when(F.col("_bad").isNotNull(), F.lit(-1)).alias("_found"),
+        *[F.col(f"_c{i}") for i in range(len(names))],
+    )
+    types = dict.fromkeys(names, T.StringType())
+    return _Raw(path, what, names, types, rows, None, fc.delimiter, hint, fc.encoding, True)
 
 
 def _parquet(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
@@ -423,12 +473,6 @@ def _check(raw: _Raw, fields: Mapping[str, _Field]) -> DataFrame:
                 f"{where}: the line holds bytes that are not valid {raw.encoding}: {value!r}. "
                 f"Set data.{raw.what}.encoding to the file's encoding (e.g. latin-1), or fix "
                 f"the line.{tally}"
-            )
-        if problem == "shape" and first["_found"] == _OPEN_QUOTE:
-            raise DataError(
-                f"{where}: a quoted field runs past the end of the line (a newline inside "
-                f"quotes): {value!r}. Keep each CSV record on one line, or use format: "
-                f"parquet.{tally}"
             )
         if problem == "shape":
             found = "a different number of fields" if first["_found"] < 0 else first["_found"]

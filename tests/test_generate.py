@@ -59,19 +59,24 @@ def _prompt_rows(run_id: str = "prep-1") -> pa.Table:
         context = templates.item_context(fs, title)
         rows.append(("item", iid, templates.item_prompt(fs, context), context))
     return prompts_table(
-        prompt_row(
-            kind,
-            eid,
-            run_id=run_id,
-            prompt=prompt,
-            context=context,
-            fingerprint=f"fp-{kind}-{eid}",
-            model_id=MODEL,
-            factor_version=fs.version,
-            template_version=templates.TEMPLATE_VERSION,
-            created_at=datetime.now(UTC),
-        )
+        _prompt(kind, eid, prompt, context, f"fp-{kind}-{eid}", run_id=run_id)
         for kind, eid, prompt, context in rows
+    )
+
+
+def _prompt(kind: str, eid: str, prompt: str, context: str, fingerprint: str, **columns) -> dict:
+    """A prompts row for the bundled model, movies factors and this template version."""
+    return prompt_row(
+        kind,
+        eid,
+        prompt=prompt,
+        context=context,
+        fingerprint=fingerprint,
+        model_id=MODEL,
+        factor_version=load("movies").version,
+        template_version=templates.TEMPLATE_VERSION,
+        created_at=datetime.now(UTC),
+        **columns,
     )
 
 
@@ -246,17 +251,7 @@ def _item_prompts(titles: list[str]) -> pa.Table:
     fs = load("movies")
     contexts = [templates.item_context(fs, t) for t in titles]
     return prompts_table(
-        prompt_row(
-            "item",
-            str(100 + i),
-            prompt=templates.item_prompt(fs, context),
-            context=context,
-            fingerprint=f"fp-{i}",
-            model_id=MODEL,
-            factor_version=fs.version,
-            template_version=templates.TEMPLATE_VERSION,
-            created_at=datetime.now(UTC),
-        )
+        _prompt("item", str(100 + i), templates.item_prompt(fs, context), context, f"fp-{i}")
         for i, context in enumerate(contexts)
     )
 
