@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,7 +71,7 @@ def hold(conf: Config, command: str, run_id: str) -> Iterator[Path]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockedError(
-                f"{out} is in use by {_describe(_read(f))}; wait for it to finish, or give "
+                f"{out} is in use by {_describe(_holder(f))}; wait for it to finish, or give "
                 "this run another run.output_dir"
             ) from None
         previous = _read(f)
@@ -102,6 +103,14 @@ def _write(f: TextIO, holder: dict | None) -> None:
     if holder:
         f.write(json.dumps(holder))
     f.flush()
+
+
+def _holder(f: TextIO, wait_s: float = 5.0) -> dict:
+    """The holder's record; a holder that has just taken the lock writes it a moment later."""
+    deadline = time.monotonic() + wait_s
+    while not (holder := _read(f)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return holder or {"run_id": "unknown", "command": "?", "pid": "?", "host": "?"}
 
 
 def _read(f: TextIO) -> dict:
