@@ -300,15 +300,15 @@ def run(conf: Config, run_id: str) -> AdaptResult:
     current, user_rows = embedded_knowledge(conf)
     # No leakage: each user's text is trained only against samples after its prompt.
     trained_on = knowledge.training_users(samples, user_rows)
-    samples = knowledge.after_prompts(
-        samples, trained_on.column("entity_id"), trained_on.column("history_end")
-    )
     if trained_on.num_rows == 0:
         raise InputError(
             "no user knowledge ended before any of its user's CTR samples, so the adaptor has "
             "no leak-free text to train on; keep refresh.bootstrap_users unset (or > 0) so "
             "users get KAR's-cut prompts, and rerun kar prepare, generate and encode"
         )
+    samples = knowledge.after_prompts(
+        samples, trained_on.column("entity_id"), trained_on.column("history_end")
+    )
     log.info(
         "adapt: %d users' texts against the %d samples after their prompts (no sample inside "
         "its prompt); %d entities to export",
