@@ -72,11 +72,12 @@ def test_spark_submit_runs_prepare_with_submitted_settings(dist_zip, ml100k, tmp
 
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["users"] == 8 and result["items"] == 10
-    assert result["prompts_pending"] == 18
+    # 8 users' production prompts, their 8 bootstrap prompts (KAR's cut) and 10 items.
+    assert result["prompts_pending"] == 26 and result["bootstrap"] == 8
     # conf/local.yaml says local[*] and 8 partitions; spark-submit's values must win.
     # spark-submit merges the Python driver's stderr (our log) into its stdout.
     assert "master local[1], 3 shuffle partitions (from spark-submit:" in proc.stdout
     prompts = DeltaTable(str(out / "tables" / "prompts"))
     assert pa.schema(prompts.schema().to_arrow()).equals(schemas.PROMPTS)
-    assert prompts.to_pyarrow_table().num_rows == 18
+    assert prompts.to_pyarrow_table().num_rows == 26
     assert DeltaTable(str(out / "tables" / "samples")).to_pyarrow_table().num_rows > 0
