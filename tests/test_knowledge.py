@@ -83,3 +83,22 @@ def test_training_text_ends_before_the_users_samples_and_drops_those_inside():
         by_user.setdefault(u, []).append(p)
     # u1 trains on the samples after its 8-interaction prompt; the others as users without text.
     assert by_user == {"u1": [8, 9], "u2": [3, 4], "u3": [10, 11]}
+
+
+def test_a_knowledge_table_of_an_older_release_gains_the_window_columns(tmp_path):
+    from deltalake import write_deltalake
+
+    added = {f.name for f in schemas.WINDOW_FIELDS}
+    old = pa.schema([f for f in schemas.KNOWLEDGE if f.name not in added])
+    path = tmp_path / "knowledge"
+    row = {k: v for k, v in knowledge_row("user", "u1").items() if k in old.names}
+    write_deltalake(str(path), pa.Table.from_pylist([row], schema=old))
+
+    tables.evolve(path, schemas.KNOWLEDGE)
+    tables.evolve(path, schemas.KNOWLEDGE)  # a second call changes nothing
+    assert tables.version(path) == 1
+    new = knowledge_table([knowledge_row("user", "u2", history_end=3)])
+    tables.insert_new(path, new, schemas.KNOWLEDGE, knowledge.KEYS)
+    rows = {r["entity_id"]: r for r in knowledge.read_usable(path, ["history_end"]).to_pylist()}
+    assert (rows["u1"]["window"], rows["u1"]["history_end"]) == (None, None)  # old row: null
+    assert (rows["u2"]["window"], rows["u2"]["history_end"]) == ("production", 3)
