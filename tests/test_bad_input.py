@@ -217,7 +217,7 @@ def test_unusable_output_dir_exits_2_before_any_spark_work(tmp_path, where):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"run.output_dir {out} cannot be used as a directory" in result.stderr
-    assert "SparkContext" not in result.stderr  # failed before Spark started
+    assert "log4j" not in result.stderr  # failed before Spark started
 
 
 def test_config_defaults_agree_with_the_shipped_config():
