@@ -76,7 +76,15 @@ def holds(conf, kind: str, entity_id: str) -> list[str]:
 def test_forget_removes_the_entity_everywhere_and_nothing_else(
     make_config, capsys, kind, entity_id
 ):
-    conf = make_config()
+    forget_and_check(make_config(), capsys, kind, entity_id)
+
+
+def test_forget_deletes_the_online_row_from_redis_too(make_config, capsys, redis_server):
+    conf = make_config("feature_store.online_store=redis", f"feature_store.redis={redis_server}")
+    forget_and_check(conf, capsys, "user", "u1")
+
+
+def forget_and_check(conf, capsys, kind: str, entity_id: str) -> None:
     write_tables(conf)
     everywhere = holds(conf, kind, entity_id)
     # 7 tables, evaluate's vectors and the online row: the check can fail.

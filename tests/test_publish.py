@@ -4,12 +4,6 @@ real redis-server from Debian's package)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -95,39 +89,6 @@ def test_publish_online_sqlite_round_trip_and_new_version(make_config):
 def test_publish_without_vectors_names_the_fix(make_config):
     with pytest.raises(vectors.VersionError, match="kar run"):
         publish.run(make_config(), online=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def redis_server(tmp_path) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port (`make redis` installs Debian's package)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed; `make redis` installs Debian's package")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_publish_online_redis_round_trip(make_config, redis_server):
