@@ -108,14 +108,11 @@ def ctr_inputs(
         raise InputError(str(e)) from e
 
 
-def embedded_knowledge(conf: Config) -> tuple[pa.Table, pa.Table]:
-    """(current, users): knowledge rows with their text embedding, one per entity for
-    `current` (what vectors are exported from), every usable user row for `users` (what
-    the adaptor may train on, jobs/knowledge.training_users).
+def usable_knowledge(conf: Config) -> pa.Table:
+    """Every usable answer: kind, entity_id, fingerprint, llm_model, history_end (+ ORDER).
 
-    Columns kind, entity_id, fingerprint, llm_model, history_end, encoder_model, dim,
-    embedding (+ knowledge.ORDER). An entity's current knowledge is its latest usable
-    answer; an embedding counts only if it was computed from that answer.
+    Read once per run: the vectors' texts, the training texts and the gate's prompt
+    ends all come from it.
     """
     path = conf.table_path("knowledge")
     know = knowledge.read_usable(path, ["model_id", "history_end"])
@@ -124,8 +121,17 @@ def embedded_knowledge(conf: Config) -> tuple[pa.Table, pa.Table]:
             f"knowledge table at {path} is missing or has no usable answer; "
             "run the generate stage first (kar generate)"
         )
-    know = know.rename_columns(["llm_model" if c == "model_id" else c for c in know.column_names])
+    return know.rename_columns(["llm_model" if c == "model_id" else c for c in know.column_names])
 
+
+def embedded_knowledge(conf: Config, know: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(current, users): `know` rows (usable_knowledge) with their text embedding, one per
+    entity for `current` (what vectors are exported from), every user row for `users` (what
+    the adaptor may train on, jobs/knowledge.training_users).
+
+    Columns of `know` plus encoder_model, dim, embedding. An entity's current knowledge
+    is its latest usable answer; an embedding counts only if it was computed from it.
+    """
     emb = tables.read(conf.table_path("embeddings"), schemas.EMBEDDINGS)
     if emb.num_rows == 0:
         raise InputError(
@@ -138,11 +144,12 @@ def embedded_knowledge(conf: Config) -> tuple[pa.Table, pa.Table]:
         [*keys, "encoder_model", "dim", "embedding"]
     )
 
+    # Arrow joins cannot carry list columns: join row numbers, then take the vectors.
+    slim = newest.drop_columns(["embedding"]).append_column(
+        "_row", pa.array(np.arange(newest.num_rows))
+    )
+
     def with_embeddings(rows: pa.Table) -> pa.Table:
-        # Arrow joins cannot carry list columns: join row numbers, then take the vectors.
-        slim = newest.drop_columns(["embedding"]).append_column(
-            "_row", pa.array(np.arange(newest.num_rows))
-        )
         joined = slim.join(rows, keys, join_type="inner").sort_by(
             [("kind", "ascending"), ("entity_id", "ascending"), ("fingerprint", "ascending")]
         )
@@ -297,7 +304,8 @@ def run(conf: Config, run_id: str) -> AdaptResult:
             "(rerun kar prepare to write it)",
             attributes_path,
         )
-    current, user_rows = embedded_knowledge(conf)
+    know = usable_knowledge(conf)
+    current, user_rows = embedded_knowledge(conf, know)
     # No leakage: each user's text is trained only against samples after its prompt.
     trained_on = knowledge.training_users(samples, user_rows)
     if trained_on.num_rows == 0:
@@ -372,7 +380,7 @@ def run(conf: Config, run_id: str) -> AdaptResult:
     if live_version is not None and conf.adapt.gate.enabled:
         seed = conf.run.seed
         # Scored on samples after both prompts: the live vector's and the training text's.
-        live_users = _vector_prompts(conf, live_version)
+        live_users = _vector_prompts(conf, live_version, know)
         part = knowledge.after_prompts(
             samples, live_users.column("entity_id"), live_users.column("history_end")
         )
@@ -449,8 +457,9 @@ def _gate(conf: Config, live_version: int, live_auc: float, new_auc: float) -> d
     return gate
 
 
-def _vector_prompts(conf: Config, version: int) -> pa.Table:
-    """entity_id, history_end: where the prompt behind each user vector of `version` ended.
+def _vector_prompts(conf: Config, version: int, know: pa.Table) -> pa.Table:
+    """entity_id, history_end: where the prompt behind each user vector of `version` ended,
+    from `know` (usable_knowledge).
 
     A vector whose knowledge row is gone or predates the window columns gets an end
     past every sample, so the gate never scores it on a sample its prompt may hold.
@@ -459,7 +468,6 @@ def _vector_prompts(conf: Config, version: int) -> pa.Table:
     users = stored.to_pyarrow_table(
         columns=["entity_id", "fingerprint"], filters=[("kind", "=", "user")]
     )
-    know = knowledge.read_usable(conf.table_path("knowledge"), ["history_end"])
     know = know.filter(pc.equal(know.column("kind"), "user")).select(
         ["entity_id", "fingerprint", "history_end"]
     )

@@ -335,9 +335,10 @@ def folder(conf: Config, run_id: str) -> Path:
     return conf.run.output_dir / "reports" / run_id
 
 
-def write(conf: Config, run_id: str | None = None) -> Path:
+def write(conf: Config, run_id: str | None = None, ages: Ages | None = None) -> Path:
     """Build the report of `run_id` (default: the latest run) and return its report.md.
 
+    `ages`: the live knowledge's ages when the caller has read them (knowledge_ages).
     Written into a temp folder and swapped in whole, so a reader never sees half a report.
     """
     run = _run_row(conf, run_id)
@@ -350,7 +351,7 @@ def write(conf: Config, run_id: str | None = None) -> Path:
     else:
         rows = vectors.read(live)
         norms, d = _norms(rows), drift(live, rows)
-    ages = knowledge_ages(conf)
+    ages = ages or knowledge_ages(conf)
     target = folder(conf, run["run_id"])
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run['run_id']}-", dir=target.parent))

@@ -56,6 +56,8 @@ def run(conf: Config, run_id: str | None = None) -> dict[str, Any]:
     cost = accounting.record(
         conf, accounting.runs_row(conf, run_id, "run", gen, seconds, started_at)
     )
+    # Read once: the summary's age figures and the report's plot.
+    ages = report.knowledge_ages(conf)
     summary = {
         "run_id": run_id,
         "prompts_generated": gen.prompts_generated,
@@ -72,10 +74,7 @@ def run(conf: Config, run_id: str | None = None) -> dict[str, Any]:
         # Documented input repairs (exact duplicates dropped, entities without interactions).
         "repairs": prep.repairs,
         "knowledge_age_days": {
-            kind: knowledge.age_summary(ages)
-            for kind, ages in knowledge.live_ages(
-                conf.table_path("knowledge"), conf.run.as_of
-            ).items()
+            kind: knowledge.age_summary(values) for kind, values in ages.by_kind.items()
         },
         "tables": {name: _table_info(conf, name) for name in TABLE_NAMES},
         "auc_without": round(ad.auc_without, 4),
@@ -90,7 +89,7 @@ def run(conf: Config, run_id: str | None = None) -> dict[str, Any]:
             "total": round(seconds["total"], 1),
         },
         "accounting": cost,
-        "report": str(report.write(conf, run_id).resolve()),
+        "report": str(report.write(conf, run_id, ages).resolve()),
     }
     log.info("run %s done in %.0f s", run_id, summary["stage_seconds"]["total"])
     return summary
