@@ -29,6 +29,8 @@ from jobs.readers import DataError
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".kar.lock"
+# A holder whose record cannot be read (not yet written, or garbled).
+_UNKNOWN = {"run_id": "unknown", "command": "?", "pid": "?", "host": "?", "started_at": "?"}
 
 
 def new_run_id() -> str:
@@ -110,7 +112,7 @@ def _holder(f: TextIO, wait_s: float = 5.0) -> dict:
     deadline = time.monotonic() + wait_s
     while not (holder := _read(f)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return holder or {"run_id": "unknown", "command": "?", "pid": "?", "host": "?"}
+    return holder or _UNKNOWN
 
 
 def _read(f: TextIO) -> dict:
@@ -119,4 +121,4 @@ def _read(f: TextIO) -> dict:
     try:
         return json.loads(text) if text else {}
     except json.JSONDecodeError:
-        return {"run_id": "unknown", "command": "?", "pid": "?", "host": "?", "started_at": "?"}
+        return _UNKNOWN
