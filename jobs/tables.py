@@ -7,19 +7,41 @@ A Delta commit is atomic: a write either lands whole or not at all.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Field, write_deltalake
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Field, Schema, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from jobs.schemas import STAGES
 
 log = logging.getLogger(__name__)
+
+# A data file a worker wrote inside a table's directory, not yet part of the table: the row
+# it hands back so the driver can commit it (`commit_parts`) without ever holding its rows.
+PART = pa.schema(
+    [
+        pa.field("file", pa.string(), nullable=False),  # relative to the table directory
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("rows", pa.int64(), nullable=False),
+        pa.field("modified_ms", pa.int64(), nullable=False),
+        pa.field("stats", pa.string(), nullable=False),  # Delta file statistics (JSON)
+    ]
+)
+# Delta keeps min/max of a string column as a prefix; short keys (kind, ids, fingerprints)
+# are kept whole so readers can skip files, long texts are left out.
+_STATS_MAX_CHARS = 64
 
 
 class SchemaError(ValueError):
@@ -192,3 +214,144 @@ def read_published(path: Path, schema: pa.Schema, stage: str) -> tuple[pa.Table,
     pinned_version = pinned(path.parent / "stages", stage, path.name)
     at = version(path) if pinned_version is None else pinned_version
     return read(path, schema, at), at
+
+
+def _stats(data: pa.Table) -> str:
+    """Delta file statistics: row count, null counts, and min/max of short scalar columns."""
+    nulls, lows, highs = {}, {}, {}
+    for name in data.column_names:
+        col = data.column(name)
+        nulls[name] = col.null_count
+        if pa.types.is_integer(col.type) or pa.types.is_boolean(col.type):
+            bounds = pc.min_max(col).as_py()
+        elif pa.types.is_string(col.type) and col.length() > col.null_count:
+            longest = pc.max(pc.utf8_length(col)).as_py()
+            bounds = pc.min_max(col).as_py() if longest <= _STATS_MAX_CHARS else None
+        else:
+            continue
+        if bounds and bounds["min"] is not None:
+            lows[name], highs[name] = bounds["min"], bounds["max"]
+    return json.dumps(
+        {"numRecords": data.num_rows, "minValues": lows, "maxValues": highs, "nullCount": nulls}
+    )
+
+
+def write_part(path: Path, data: pa.Table, schema: pa.Schema) -> dict[str, Any]:
+    """Write `data` as one new Parquet file in the table directory; return its PART row.
+
+    Run by workers (Ray actors, Spark tasks): the rows go from the worker to storage and
+    only this small row goes to the driver. The file is invisible to readers until the
+    driver commits it; one never committed (a killed run) is removed by `vacuum`.
+    """
+    data = conform(data, schema, path.name)
+    path.mkdir(parents=True, exist_ok=True)
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    pq.write_table(data, path / name)
+    stat = os.stat(path / name)
+    return {
+        "file": name,
+        "size": stat.st_size,
+        "rows": data.num_rows,
+        "modified_ms": int(stat.st_mtime * 1000),
+        "stats": _stats(data),
+    }
+
+
+def commit_parts(
+    path: Path,
+    parts: Iterable[Mapping[str, Any]],
+    schema: pa.Schema,
+    *,
+    mode: Literal["append", "overwrite"] = "append",
+    metadata: Mapping[str, str] | None = None,
+) -> int:
+    """Add files that workers wrote (`write_part` rows) to the table in one commit.
+
+    A commit carries file names, never rows, so its cost does not grow with the table
+    (a MERGE reads the table). "overwrite" replaces every file the table had.
+    """
+    actions = [
+        AddAction(p["file"], p["size"], {}, p["modified_ms"], True, p["stats"]) for p in parts
+    ]
+    delta_schema = Schema.from_arrow(schema)
+    table = open_table(path)
+    if table is None:
+        create_table_with_add_actions(
+            str(path), delta_schema, actions, mode="error", commit_properties=_commit(metadata)
+        )
+    else:
+        table.create_write_transaction(
+            actions, mode=mode, schema=delta_schema, commit_properties=_commit(metadata)
+        )
+    new = DeltaTable(str(path)).version()
+    log.info(
+        "committed %d file(s), %d rows to %s (version %d)",
+        len(actions),
+        sum(p["rows"] for p in parts),
+        path,
+        new,
+    )
+    return new
+
+
+class PartCommitter:
+    """Commit worker-written files in chunks of about `every_rows` rows as they arrive.
+
+    A crash loses at most the files not committed yet (the chunk in flight); `after`
+    runs after each commit (fault points, progress).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        every_rows: int,
+        metadata: Mapping[str, str] | None = None,
+        after: Callable[[int], None] | None = None,
+    ) -> None:
+        self.path, self.schema, self.every_rows = path, schema, every_rows
+        self.metadata, self.after = metadata, after
+        self.pending: list[Mapping[str, Any]] = []
+        self.version: int | None = version(path)
+        self.rows = 0
+
+    def add(self, part: Mapping[str, Any]) -> None:
+        if part["rows"] == 0:
+            # An empty file adds nothing; leave it for vacuum instead of committing it.
+            return
+        self.pending.append(part)
+        if sum(p["rows"] for p in self.pending) >= self.every_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        self.version = commit_parts(self.path, self.pending, self.schema, metadata=self.metadata)
+        self.rows += sum(p["rows"] for p in self.pending)
+        self.pending = []
+        if self.after is not None:
+            self.after(self.version)
+
+
+def compact(path: Path) -> dict[str, Any]:
+    """Rewrite the table's small files into fewer large ones (delta-rs OPTIMIZE); readers
+    see the same rows. Appends of many small parts make this the weekly run's chore."""
+    table = open_table(path)
+    if table is None:
+        return {}
+    metrics = table.optimize.compact()
+    log.info("compacted %s: %s", path, metrics)
+    return metrics
+
+
+def vacuum(path: Path, retention_hours: int) -> list[str]:
+    """Delete files no version newer than `retention_hours` uses, and files a killed run
+    wrote but never committed; returns the deleted file names."""
+    table = open_table(path)
+    if table is None:
+        return []
+    deleted = table.vacuum(
+        retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
+    )
+    log.info("vacuumed %s: %d file(s) deleted", path, len(deleted))
+    return deleted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -79,3 +80,36 @@ def test_spark_reads_a_delta_snapshot_and_round_trips(spark, tmp_path):
     back = to_arrow(latest, schemas.EMBEDDINGS, "embeddings")
     assert back.schema.equals(schemas.EMBEDDINGS)
     assert back.column("embedding").to_pylist() == [[1.0, 0.0]]
+
+
+def test_worker_parts_commit_in_chunks_and_vacuum_removes_uncommitted(tmp_path: Path) -> None:
+    schema = pa.schema([pa.field("k", pa.string(), nullable=False), pa.field("v", pa.int64())])
+    path = tmp_path / "t"
+
+    def part(keys: list[str]) -> dict:
+        return tables.write_part(path, pa.table({"k": keys, "v": range(len(keys))}), schema)
+
+    commits: list[int] = []
+    committer = tables.PartCommitter(path, schema, every_rows=3, after=commits.append)
+    committer.add(part(["a", "b"]))
+    assert tables.open_table(path) is None  # 2 rows < 3: nothing committed yet
+    committer.add(part(["c"]))
+    committer.add(part(["d"]))
+    committer.flush()
+    assert commits == [0, 1]
+    assert sorted(tables.read(path, schema).column("k").to_pylist()) == ["a", "b", "c", "d"]
+    actions = pa.table(tables.open_table(path).get_add_actions(flatten=True)).to_pydict()
+    assert sorted(actions["num_records"]) == [1, 1, 2]  # the stats written with each file
+    assert sorted(actions["min.k"]) == ["a", "c", "d"]
+
+    orphan = part(["lost"])  # written, never committed: a run killed before its commit
+    assert (path / orphan["file"]).exists()
+    assert "lost" not in tables.read(path, schema).column("k").to_pylist()
+    tables.vacuum(path, retention_hours=0)
+    assert not (path / orphan["file"]).exists()
+    assert tables.read(path, schema).num_rows == 4
+
+    tables.compact(path)
+    assert sorted(tables.read(path, schema).column("k").to_pylist()) == ["a", "b", "c", "d"]
+    tables.commit_parts(path, [part(["z"])], schema, mode="overwrite")
+    assert tables.read(path, schema).column("k").to_pylist() == ["z"]
