@@ -350,8 +350,10 @@ def vacuum(path: Path, retention_hours: int) -> list[str]:
     table = open_table(path)
     if table is None:
         return []
+    # full=True also lists the directory: the lite mode only knows files the log removed,
+    # not files a killed run wrote and never committed.
     deleted = table.vacuum(
-        retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
+        retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
     )
     log.info("vacuumed %s: %d file(s) deleted", path, len(deleted))
     return deleted
