@@ -221,6 +221,11 @@ class RayConf(_Section):
     # None starts a local Ray; "auto" or ray://host:port joins a cluster.
     address: str | None = None
     num_cpus: int | None = Field(default=None, gt=0)
+    # Set operations over Delta tables (pending prompts, each entity's current knowledge) run
+    # as Ray Data shuffles, which cost seconds of fixed time (aggregator actors) however small
+    # the input. Inputs of at most this many rows are joined in the driver with Arrow
+    # instead (a bounded read). 0: always shuffle.
+    local_rows: int = Field(default=50_000, ge=0)
 
 
 class PoolConf(_Section):
@@ -240,11 +245,14 @@ Status = Literal["ok", "empty", "echo", "length", "degenerate", "refusal"]
 class GenerateConf(PoolConf):
     """The generate stage's actor pool plus its work sizing, answer checks and accounting."""
 
-    # Work unit pulled by an idle actor: prompts whose estimated prompt + answer tokens fit.
+    # Prompts per actor call: one Parquet part of `knowledge`, the work a restarted actor
+    # redoes, sorted by length inside so engine calls pad little.
+    batch_rows: int = Field(default=64, gt=0)
+    # One engine call: prompts whose estimated prompt + answer tokens fit.
     batch_tokens: int = Field(default=32768, gt=0)
-    # Batches queued per actor, so an engine never waits for the driver between batches.
+    # Batches queued per actor, so an engine never waits between batches.
     batches_in_flight: int = Field(default=2, gt=0)
-    # Commit answers to Delta once this many are buffered (and at the end).
+    # Commit the actors' parts to Delta once they hold this many answers (and at the end).
     commit_rows: int = Field(default=256, gt=0)
     # Answers with one of these statuses are asked again (new seed), up to max_attempts in all.
     # `length` is not retried by default: a small llm.max_new_tokens would ask every prompt

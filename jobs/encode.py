@@ -4,8 +4,10 @@ An entity's current knowledge is its latest usable `knowledge` row
 (jobs/knowledge.py), per window. Only those whose (kind, entity_id,
 fingerprint) has no embedding from the configured encoder yet are encoded, so a
 rerun encodes nothing and a changed answer is re-encoded once. Batches go to a
-Ray actor pool, one encoder per actor; the driver MERGEs vectors into Delta in
-chunks, so a crash loses at most one chunk and no key is ever written twice.
+Ray Data actor pool, one encoder per actor; actors write the vectors as Parquet
+parts and the driver commits those files in chunks, so no vector passes through
+the driver, a crash loses at most the uncommitted parts and no key is ever
+committed twice.
 """
 
 from __future__ import annotations
@@ -13,19 +15,20 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray.data
 
 from encoders.inputs import encoder_input
 from encoders.sentence import BUNDLED_PREFIX, EncoderError, SentenceEncoder, resolve_encoder
 from jobs import faults, knowledge, tables
-from jobs.actors import ActorStage
 from jobs.config import Config, ConfigError, EncoderConf
+from jobs.ray_data import actor_pool, ensure_ray
 from jobs.schemas import EMBEDDINGS
 
 log = logging.getLogger(__name__)
@@ -40,70 +43,76 @@ class EncodeResult:
     embeddings_version: int | None
 
 
-@dataclass
-class EncodedBatch:
-    """One batch's vectors plus what the driver logs: truncations and the actor's busy time."""
-
-    vectors: np.ndarray  # float32 (n, dim)
-    truncated: int
-    seconds: float
-
-
 class EncoderWorker:
-    """One Ray actor = one loaded encoder; it turns batches of texts into vectors."""
+    """A Ray Data actor: one loaded encoder; each call turns a batch of current-knowledge
+    rows into vectors and writes them as one Parquet part of the `embeddings` table.
 
-    def __init__(self, model: str, conf: EncoderConf, threads: int | None) -> None:
+    Returns one row per part (tables.PART plus truncations and busy seconds), so no
+    vector passes through the driver.
+    """
+
+    def __init__(
+        self, model: str, conf: EncoderConf, threads: int | None, path: Path, model_name: str
+    ) -> None:
         self.encoder = SentenceEncoder(
-            resolve_encoder(model),
-            device=conf.device,
-            batch_size=conf.batch_size,
-            threads=threads,
+            resolve_encoder(model), device=conf.device, batch_size=conf.batch_size, threads=threads
         )
+        self.path, self.model_name = path, model_name
 
-    def encode(self, texts: list[str]) -> EncodedBatch:
+    def __call__(self, rows: pa.Table) -> pa.Table:
         started = time.perf_counter()
+        texts = [
+            encoder_input(kind, context, text)
+            for kind, context, text in zip(
+                *(rows.column(c).to_pylist() for c in ("kind", "context", "text")), strict=True
+            )
+        ]
+        # Sorted by length, so each encoder batch pads little.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        rows, texts = rows.take(pa.array(order, pa.int64())), [texts[i] for i in order]
         vectors = self.encoder.encode(texts)
-        seconds = time.perf_counter() - started
-        return EncodedBatch(vectors, self.encoder.count_truncated(texts), seconds)
+        part = tables.write_part(
+            self.path, _embedding_rows(rows, vectors, self.model_name), EMBEDDINGS
+        )
+        part["truncated"] = self.encoder.count_truncated(texts)
+        part["busy_seconds"] = time.perf_counter() - started
+        return pa.Table.from_pylist([part])
 
 
-def pending_inputs(conf: Config) -> pa.Table:
-    """Encoder inputs of each entity's current knowledge per window not encoded yet.
+def pending_inputs(conf: Config) -> pa.Table | ray.data.Dataset:
+    """Each entity's current knowledge per window with no vector from this encoder yet.
 
     Per window, not per entity: a user's production answer is what adapt exports,
     its KAR's-cut answer (bootstrap) what the adaptor may train on; both need a
-    vector. Columns kind, entity_id, fingerprint, input; sorted by kind then input
-    length so each batch pads little.
+    vector. Columns kind, entity_id, fingerprint, context, text. The knowledge rules
+    of jobs/knowledge.py, then an anti-join with `embeddings`: in Arrow here when both
+    tables are small (ray.local_rows, so a no-change rerun needs no Ray), else a Ray
+    Dataset that workers stream.
     """
     knowledge_path = conf.table_path("knowledge")
     if tables.open_table(knowledge_path) is None:
         raise FileNotFoundError(
             f"no knowledge table at {knowledge_path}; run `kar generate` with the same config first"
         )
-    rows = knowledge.read_usable(knowledge_path, ["context", "text"])
-    rows = tables.latest_rows(rows, [*knowledge.ENTITY, "window"], knowledge.ORDER)
-    done = tables.open_table(conf.table_path("embeddings"))
-    if done is not None:
-        key_schema = pa.schema([EMBEDDINGS.field(k) for k in KEYS])
-        keys = tables.conform(
-            pa.table(done.to_pyarrow_table(columns=KEYS)), key_schema, "embeddings"
-        )
-        keys = keys.filter(pc.equal(keys.column("encoder_model"), conf.encoder.model))
-        rows = rows.join(keys.drop_columns(["encoder_model"]), keys=KEYS[:3], join_type="left anti")
-    inputs = [
-        encoder_input(kind, context, text)
-        for kind, context, text in zip(
-            rows.column("kind").to_pylist(),
-            rows.column("context").to_pylist(),
-            rows.column("text").to_pylist(),
-            strict=True,
-        )
-    ]
-    rows = rows.select(["kind", "entity_id", "fingerprint"]).append_column(
-        "input", pa.array(inputs, pa.string())
-    )
-    rows = rows.append_column("_len", pc.utf8_length(rows.column("input")))
-    return rows.sort_by([("kind", "ascending"), ("_len", "ascending")]).drop_columns(["_len"])
+    path = conf.table_path("embeddings")
+    columns = ["kind", "entity_id", "fingerprint", "context", "text"]
+    per_window = [*knowledge.ENTITY, "window"]
+    mine = pc.field("encoder_model") == conf.encoder.model
+    if tables.count(knowledge_path) + tables.count(path) <= conf.ray.local_rows:
+        rows = knowledge.read_usable(knowledge_path, ["context", "text", "window"])
+        rows = tables.latest_rows(rows, per_window, knowledge.ORDER).select(columns)
+        embedded = tables.open_table(path)
+        if embedded is None:
+            return rows
+        done = pa.table(embedded.to_pyarrow_table(columns=KEYS[:3], filters=mine))
+        return rows.join(done.cast(rows.select(KEYS[:3]).schema), KEYS[:3], join_type="left anti")
+    ensure_ray(conf.ray)
+    rows = knowledge.current_stream(knowledge_path, ["context", "text"], per=per_window)
+    rows = rows.select_columns(columns)
+    if tables.open_table(path) is None:
+        return rows
+    done = tables.dataset(path, EMBEDDINGS, columns=KEYS[:3], where=mine)
+    return knowledge.without(rows, done, KEYS[:3])
 
 
 def _portable_model(model: str) -> str:
@@ -135,65 +144,43 @@ def _embedding_rows(rows: pa.Table, vectors: np.ndarray, model: str) -> pa.Table
     )
 
 
-def _batches(
-    conf: Config, model: str, pending: pa.Table
-) -> Iterator[tuple[pa.Table, EncodedBatch]]:
-    """(pending rows, their encoded batch) per batch, as the actor pool finishes them."""
-    size = conf.encoder.batch_size
-    ranges = [(a, min(a + size, pending.num_rows)) for a in range(0, pending.num_rows, size)]
-    texts = pending.column("input").to_pylist()
-    enc = conf.encoder
-    with ActorStage(conf.ray, EncoderWorker, enc.pool, model, enc, enc.pool.torch_threads) as stage:
-        for a, b, batch in stage.map_ranges(
-            lambda actor, batch: actor.encode.remote(batch),
-            texts,
-            ranges,
-            in_flight=1,
-            desc="encode",
-        ):
-            yield pending.slice(a, b - a), batch
-
-
 def run(conf: Config, run_id: str) -> EncodeResult:
-    """Encode every entity whose current knowledge has no vector yet; MERGE into `embeddings`."""
+    """Encode every entity whose current knowledge has no vector yet; commit the actors'
+    parts to `embeddings` in chunks (a crash loses at most the uncommitted ones)."""
     started = time.monotonic()
     path = conf.table_path("embeddings")
     model = _portable_model(conf.encoder.model)
     pending = pending_inputs(conf)
-    log.info("encode: %d entities to encode with %s", pending.num_rows, conf.encoder.model)
-    if pending.num_rows == 0:
-        return EncodeResult(0, time.monotonic() - started, tables.version(path))
-
-    buffer: list[pa.Table] = []
-    buffered = done = truncated = 0
+    enc = conf.encoder
+    if isinstance(pending, pa.Table):
+        log.info("encode: %d entities to encode with %s", pending.num_rows, enc.model)
+        if pending.num_rows == 0:
+            return EncodeResult(0, time.monotonic() - started, tables.version(path))
+        ensure_ray(conf.ray)
+        pending = ray.data.from_arrow(pending)
+    committer = tables.PartCommitter(
+        path,
+        EMBEDDINGS,
+        enc.commit_rows,
+        metadata={"run_id": run_id, "encoder_model": enc.model},
+        after=_committed,
+    )
+    parts = pending.map_batches(
+        EncoderWorker,
+        fn_constructor_args=(model, enc, enc.pool.torch_threads, path, enc.model),
+        batch_size=enc.batch_size,
+        batch_format="pyarrow",
+        **actor_pool(enc.pool),
+    )
+    done = truncated = 0
     busy = 0.0
-    version: int | None = None
-
-    def flush() -> None:
-        nonlocal buffered, version
-        chunk = pa.concat_tables(buffer)
-        version = tables.insert_new(
-            path,
-            chunk,
-            EMBEDDINGS,
-            keys=KEYS,
-            metadata={"run_id": run_id, "encoder_model": conf.encoder.model},
-        )
-        log.info("embeddings: committed %d vectors (version %d)", chunk.num_rows, version)
-        buffer.clear()
-        buffered = 0
-
-    for rows, batch in _batches(conf, model, pending):
-        buffer.append(_embedding_rows(rows, batch.vectors, conf.encoder.model))
-        buffered += len(batch.vectors)
-        done += len(batch.vectors)
-        truncated += batch.truncated
-        busy += batch.seconds
-        if buffered >= conf.encoder.commit_rows:
-            flush()
-            faults.point("encode:after-commit")
-    if buffer:
-        flush()
+    for batch in parts.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            committer.add(row)
+            done += row["rows"]
+            truncated += row["truncated"]
+            busy += row["busy_seconds"]
+    committer.flush()
 
     seconds = time.monotonic() - started
     if truncated:
@@ -203,15 +190,20 @@ def run(conf: Config, run_id: str) -> EncodeResult:
             truncated,
             done,
         )
-    # Wall time includes starting the actors and loading the model; busy time is encoding only.
+    # Wall time includes the pending set and loading the model; busy time is encoding only.
     log.info(
-        "encode: %d texts in %.1f s wall (%.1f texts/s); %.1f texts/s per actor while encoding",
+        "encode: %d texts with %s in %.1f s wall; %.1f texts/s per actor while encoding",
         done,
+        enc.model,
         seconds,
-        done / seconds,
-        done / busy,
+        done / busy if busy else 0.0,
     )
-    return EncodeResult(done, seconds, version)
+    return EncodeResult(done, seconds, committer.version)
+
+
+def _committed(version: int) -> None:
+    log.info("embeddings: committed vectors (version %d)", version)
+    faults.point("encode:after-commit")
 
 
 if __name__ == "__main__":

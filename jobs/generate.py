@@ -2,13 +2,14 @@
 
 Pending = rows of the `prompts` table (only entities whose inputs changed)
 whose (kind, entity_id, fingerprint) is not in `knowledge` yet, so a rerun
-after a crash only asks what is missing. Work is cut into batches by a token
-budget and pulled by a Ray actor pool, one engine per actor; each answer is
-checked (jobs/llm/checks.py) and a bad one is asked again with a new seed.
-The driver MERGEs results into Delta in chunks, so a crash loses at most the
-chunks in flight and no key is ever written twice. An answer that stays bad
-is stored with usable=false: readers skip it and the entity keeps its
-previous knowledge.
+after a crash only asks what is missing. The pending set is a Ray Dataset
+(a distributed anti-join) streamed through a Ray Data actor pool, one engine
+per actor; each answer is checked (jobs/llm/checks.py) and a bad one is asked
+again with a new seed. Actors write their answers as Parquet parts of the
+`knowledge` table and the driver commits those files in chunks, so no answer
+passes through the driver, a crash loses at most the parts not committed yet,
+and no key is ever committed twice. An answer that stays bad is stored with
+usable=false: readers skip it and the entity keeps its previous knowledge.
 
 Backfills answer a slice of the pending prompts: `--kind`, `--ids-file` and
 `--since` (entities with an interaction at or after a date, per `samples`).
@@ -17,13 +18,13 @@ Backfills answer a slice of the pending prompts: `--kind`, `--ids-file` and
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from datetime import time as dtime
@@ -32,13 +33,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
+import ray.data
 
 from jobs import knowledge, tables
-from jobs.actors import ActorStage
 from jobs.config import Config, ConfigError, GenerateConf, LLMConf, Status
 from jobs.llm import Engine, Generation, build_engine, resolve_model
 from jobs.llm.checks import NEVER_USABLE, AnswerChecks
 from jobs.llm.model import BUNDLED_PREFIX
+from jobs.ray_data import actor_pool, ensure_ray
 from jobs.schemas import KINDS, KNOWLEDGE, PROMPTS, SAMPLES
 
 log = logging.getLogger(__name__)
@@ -144,10 +147,19 @@ def answer(
 
 
 class GenerationWorker:
-    """One Ray actor = one loaded engine; it answers batches of prompts."""
+    """A Ray Data actor: one loaded engine; each call answers a batch of prompt rows and
+    writes their knowledge rows as one Parquet part of the `knowledge` table.
 
-    def __init__(self, llm: LLMConf, gen: GenerateConf, cache_dir: Path) -> None:
-        self.llm, self.gen = llm, gen
+    Returns one row per part (tables.PART plus what the answers cost), so no answer
+    passes through the driver. Within a batch, prompts are sorted by length and cut by
+    the token budget, so each engine call pads little.
+    """
+
+    def __init__(
+        self, llm: LLMConf, gen: GenerateConf, cache_dir: Path, path: Path, run_id: str
+    ) -> None:
+        started = time.monotonic()
+        self.llm, self.gen, self.path, self.run_id = llm, gen, path, run_id
         if llm.engine == "vllm":
             # Ray sets OMP_NUM_THREADS to the actor's CPUs. vLLM pins its own OpenMP threads
             # to cores and, given that variable, keeps that many torch threads on them: on CPU
@@ -155,9 +167,32 @@ class GenerationWorker:
             os.environ.pop("OMP_NUM_THREADS", None)
         self.engine = build_engine(llm, resolve_model(llm.model, cache_dir), gen.torch_threads)
         self.checks = AnswerChecks.from_conf(gen)
+        self.load_seconds = time.monotonic() - started
 
-    def generate(self, prompts: list[str]) -> list[Answer]:
-        return answer(self.engine, self.checks, prompts, self.llm, self.gen)
+    def __call__(self, rows: pa.Table) -> pa.Table:
+        started = time.monotonic()
+        rows = rows.take(pc.sort_indices(pc.utf8_length(rows.column("prompt"))))
+        texts = rows.column("prompt").to_pylist()
+        answers: list[Answer] = []
+        for a, b in token_batches(texts, self.gen.batch_tokens, self.llm.max_new_tokens):
+            answers += answer(self.engine, self.checks, texts[a:b], self.llm, self.gen)
+        part = tables.write_part(self.path, _knowledge_rows(rows, answers, self.run_id), KNOWLEDGE)
+        statuses = Counter(a.status for a in answers)
+        return pa.Table.from_pylist(
+            [
+                part
+                | {
+                    "requests": sum(a.attempts for a in answers),
+                    "input_tokens": sum(a.input_tokens for a in answers),
+                    "output_tokens": sum(a.output_tokens for a in answers),
+                    "unusable": sum(not a.usable for a in answers),
+                    "truncated": sum(a.generation.history_dropped > 0 for a in answers),
+                    "statuses": json.dumps(statuses),
+                    "load_seconds": self.load_seconds,
+                    "busy_seconds": time.monotonic() - started,
+                }
+            ]
+        )
 
 
 def read_ids_file(path: Path) -> frozenset[str]:
@@ -172,61 +207,75 @@ def read_ids_file(path: Path) -> frozenset[str]:
     return ids
 
 
-def _active_since(conf: Config, kind: str, since: datetime) -> pa.Array:
-    """Ids of users (or items) with an interaction at or after `since`, per the samples table."""
-    samples = tables.read(conf.table_path("samples"), SAMPLES)
-    if samples.num_rows == 0:
+def _active_since(conf: Config, since: datetime) -> ray.data.Dataset:
+    """(kind, entity_id) of users and items with an interaction at or after `since`,
+    per the samples table (streamed; may repeat)."""
+    path = conf.table_path("samples")
+    if tables.open_table(path) is None:
         raise FileNotFoundError(
-            f"--since needs the samples table at {conf.table_path('samples')}; "
+            f"--since needs the samples table at {path}; "
             f"run `kar prepare` with the same config first"
         )
-    recent = samples.filter(pc.greater_equal(samples.column("timestamp"), int(since.timestamp())))
-    return pc.unique(recent.column(f"{kind}_id"))
+    recent = pc.field("timestamp") >= int(since.timestamp())
+    samples = tables.dataset(path, SAMPLES, columns=["user_id", "item_id"], where=recent)
 
-
-def _select(conf: Config, prompts: pa.Table, sel: Selection) -> pa.Table:
-    if sel.kind is not None:
-        prompts = prompts.filter(pc.equal(prompts.column("kind"), sel.kind))
-    if sel.ids is not None:
-        prompts = prompts.filter(pc.is_in(prompts.column("entity_id"), pa.array(sorted(sel.ids))))
-    if sel.since is not None:
-        keep = [
-            pc.and_(
-                pc.equal(prompts.column("kind"), kind),
-                pc.is_in(prompts.column("entity_id"), _active_since(conf, kind, sel.since)),
-            )
+    def entities(batch: pa.Table) -> pa.Table:
+        return pa.concat_tables(
+            pa.table({"kind": [kind] * batch.num_rows, "entity_id": batch.column(f"{kind}_id")})
             for kind in KINDS
-        ]
-        prompts = prompts.filter(pc.or_(*keep))
-    return prompts
+        )
+
+    return samples.map_batches(entities, batch_format="pyarrow")
 
 
-def pending_prompts(conf: Config, selection: Selection = Selection()) -> tuple[int, pa.Table]:
-    """(selected rows of the prompts table, the de-duplicated ones not yet answered), sorted.
+def _select(rows: pa.Table, sel: Selection) -> pa.Table:
+    """The rows of one batch that `sel`'s kind and ids allow (`--since` joins, below)."""
+    if sel.kind is not None:
+        rows = rows.filter(pc.equal(rows.column("kind"), sel.kind))
+    if sel.ids is not None:
+        rows = rows.filter(pc.is_in(rows.column("entity_id"), pa.array(sorted(sel.ids))))
+    return rows
 
-    Sorted by kind then prompt length so each batch pads little.
+
+def pending_prompts(
+    conf: Config, selection: Selection = Selection()
+) -> tuple[int, pa.Table | ray.data.Dataset]:
+    """(selected rows of the prompts table, those not yet answered).
+
+    Pending = no `knowledge` row has the prompt's (kind, entity_id, fingerprint). Prompts
+    are read at the version the last completed prepare published. When both tables are
+    small (ray.local_rows) this is an Arrow anti-join here, so a no-change rerun needs no
+    Ray at all; otherwise a Ray Dataset (a distributed anti-join that workers stream).
     """
     prompts_path = conf.table_path("prompts")
     if tables.open_table(prompts_path) is None:
         raise FileNotFoundError(
             f"no prompts table at {prompts_path}; run `kar prepare` with the same config first"
         )
-    published, _ = tables.read_published(prompts_path, PROMPTS, "prepare")
-    prompts = _select(conf, published, selection)
-    total = prompts.num_rows
-    indexed = prompts.append_column("_row", pa.array(range(total), pa.int64()))
-    first = indexed.group_by(KEYS).aggregate([("_row", "min")]).column("_row_min")
-    prompts = indexed.take(first)
-    known = tables.open_table(conf.table_path("knowledge"))
-    if known is not None:
-        key_schema = pa.schema([KNOWLEDGE.field(k) for k in KEYS])
-        done = tables.conform(
-            pa.table(known.to_pyarrow_table(columns=KEYS)), key_schema, "knowledge"
-        )
-        prompts = prompts.join(done, keys=KEYS, join_type="left anti")
-    prompts = prompts.append_column("_len", pc.utf8_length(prompts.column("prompt")))
-    prompts = prompts.sort_by([("kind", "ascending"), ("_len", "ascending"), ("_row", "ascending")])
-    return total, prompts.drop_columns(["_row", "_len"])
+    version = tables.pinned(conf.table_path("stages"), "prepare", "prompts")
+    knowledge_path = conf.table_path("knowledge")
+    total = tables.count(prompts_path, version)
+    if total + tables.count(knowledge_path) <= conf.ray.local_rows:
+        prompts = _select(tables.read(prompts_path, PROMPTS, version), selection)
+        if selection.since is not None:
+            active = pa.concat_tables(ray.get(_active_since(conf, selection.since).to_arrow_refs()))
+            prompts = prompts.join(active, knowledge.ENTITY, join_type="left semi")
+        done = knowledge.read_keys(knowledge_path)
+        pending = prompts.join(done, keys=KEYS, join_type="left anti")
+        return prompts.num_rows, pending
+    ensure_ray(conf.ray)
+    prompts = tables.dataset(prompts_path, PROMPTS, version)
+    if selection != Selection():
+        prompts = prompts.map_batches(_select, fn_args=(selection,), batch_format="pyarrow")
+        if selection.since is not None:
+            active = _active_since(conf, selection.since)
+            prompts = prompts.join(active, "left_semi", knowledge.partitions(), on=knowledge.ENTITY)
+        prompts = prompts.materialize()  # the selected slice, held by Ray, counted once
+        total = prompts.count()
+    if total == 0 or tables.open_table(knowledge_path) is None:
+        return total, prompts
+    done = tables.dataset(knowledge_path, KNOWLEDGE, columns=KEYS)
+    return total, knowledge.without(prompts, done, KEYS)
 
 
 def token_batches(prompts: list[str], budget: int, max_new_tokens: int) -> list[tuple[int, int]]:
@@ -249,8 +298,8 @@ def token_batches(prompts: list[str], budget: int, max_new_tokens: int) -> list[
     return ranges
 
 
-def _check_model(pending: pa.Table, llm: LLMConf) -> None:
-    models = set(pc.unique(pending.column("model_id")).to_pylist())
+def _check_model(models: set[str], llm: LLMConf) -> None:
+    """The pending prompts were prepared for this config's model."""
     if models - {llm.model}:
         raise ConfigError(
             f"the prompts table was prepared for llm.model {sorted(models)} but this config has "
@@ -285,87 +334,78 @@ def _knowledge_rows(rows: pa.Table, answers: list[Answer], run_id: str) -> pa.Ta
     return pa.table(columns)
 
 
-def _answers(
-    conf: Config, pending: pa.Table, result: GenerateResult
-) -> Iterator[tuple[pa.Table, list[Answer]]]:
-    """(prompt rows, their answers) per batch, as the actors finish them."""
-    texts = pending.column("prompt").to_pylist()
-    ranges = token_batches(texts, conf.generate.batch_tokens, conf.llm.max_new_tokens)
-    engine_conf, cache_dir = _engine_conf(conf.llm), conf.run.cache_dir.resolve()
-    with ActorStage(
-        conf.ray, GenerationWorker, conf.generate, engine_conf, conf.generate, cache_dir
-    ) as stage:
-        result.engine_start_seconds = stage.start_seconds
-        log.info(
-            "generate: %d engine(s) ready in %.1f s; %d batches of <= %d tokens",
-            len(stage.actors),
-            stage.start_seconds,
-            len(ranges),
-            conf.generate.batch_tokens,
-        )
-        started = time.monotonic()
-        for a, b, answers in stage.map_ranges(
-            lambda actor, batch: actor.generate.remote(batch),
-            texts,
-            ranges,
-            in_flight=conf.generate.batches_in_flight,
-            desc="generate",
-        ):
-            yield pending.slice(a, b - a), answers
-        result.generate_seconds = time.monotonic() - started
-
-
 def run(conf: Config, run_id: str, selection: Selection = Selection()) -> GenerateResult:
-    """Answer every pending (selected) prompt and MERGE the answers into `knowledge` in chunks."""
+    """Answer every pending (selected) prompt; commit the parts the actors write in chunks.
+
+    A crash loses at most the parts not committed yet; a rerun asks only what is missing.
+    """
     started = time.monotonic()
     knowledge_path = conf.table_path("knowledge")
     total, pending = pending_prompts(conf, selection)
-    log.info(
-        "generate (%s): %d prompts selected, %d pending",
-        selection.describe(),
-        total,
-        pending.num_rows,
-    )
     result = GenerateResult(total, 0, 0, 0, 0.0, tables.version(knowledge_path))
-    if pending.num_rows == 0:
-        result.seconds = time.monotonic() - started
-        return result
-    _check_model(pending, conf.llm)
-
-    buffer: list[pa.Table] = []
-    statuses: Counter[str] = Counter()
-
-    def flush() -> None:
-        chunk = pa.concat_tables(buffer)
-        result.knowledge_version = tables.insert_new(
-            knowledge_path, chunk, KNOWLEDGE, keys=KEYS, metadata={"run_id": run_id}
-        )
+    if isinstance(pending, pa.Table):
         log.info(
-            "knowledge: committed %d answers (version %d)",
-            chunk.num_rows,
-            result.knowledge_version,
+            "generate (%s): %d prompts selected, %d pending",
+            selection.describe(),
+            total,
+            pending.num_rows,
         )
-        buffer.clear()
+        if pending.num_rows == 0:
+            result.seconds = time.monotonic() - started
+            return result
+        _check_model(set(pc.unique(pending.column("model_id")).to_pylist()), conf.llm)
+        ensure_ray(conf.ray)
+        pending = ray.data.from_arrow(pending)
+    else:
+        log.info("generate (%s): %d prompts selected", selection.describe(), total)
+        if total == 0:
+            result.seconds = time.monotonic() - started
+            return result
+        # Distinct models of the pending stream: a bounded aggregate.
+        _check_model(set(pending.unique("model_id")), conf.llm)
+    tables.evolve(knowledge_path, KNOWLEDGE)
 
-    for rows, answers in _answers(conf, pending, result):
-        buffer.append(_knowledge_rows(rows, answers, run_id))
-        result.prompts_generated += len(answers)
-        result.requests += sum(a.attempts for a in answers)
-        result.input_tokens += sum(a.input_tokens for a in answers)
-        result.output_tokens += sum(a.output_tokens for a in answers)
-        result.unusable += sum(not a.usable for a in answers)
-        result.history_truncated += sum(a.generation.history_dropped > 0 for a in answers)
-        statuses.update(a.status for a in answers)
-        if sum(t.num_rows for t in buffer) >= conf.generate.commit_rows:
-            flush()
-    if buffer:
-        # Generation time runs until the last answer is committed.
-        flushed = time.monotonic()
-        flush()
-        result.generate_seconds += time.monotonic() - flushed
-
-    result.statuses = dict(sorted(statuses.items()))
+    committer = tables.PartCommitter(
+        knowledge_path,
+        KNOWLEDGE,
+        conf.generate.commit_rows,
+        metadata={"run_id": run_id},
+        after=lambda v: log.info("knowledge: committed answers (version %d)", v),
+    )
+    gen = conf.generate
+    parts = pending.map_batches(
+        GenerationWorker,
+        fn_constructor_args=(
+            _engine_conf(conf.llm),
+            gen,
+            conf.run.cache_dir.resolve(),
+            knowledge_path,
+            run_id,
+        ),
+        batch_size=gen.batch_rows,
+        batch_format="pyarrow",
+        **actor_pool(gen, in_flight=gen.batches_in_flight),
+    )
+    statuses: Counter[str] = Counter()
+    loads: list[float] = []
+    for batch in parts.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            committer.add(row)
+            result.prompts_generated += row["rows"]
+            result.requests += row["requests"]
+            result.input_tokens += row["input_tokens"]
+            result.output_tokens += row["output_tokens"]
+            result.unusable += row["unusable"]
+            result.history_truncated += row["truncated"]
+            statuses.update(json.loads(row["statuses"]))
+            loads.append(row["load_seconds"])
+    committer.flush()
+    result.knowledge_version = committer.version
+    result.engine_start_seconds = max(loads, default=0.0)
+    # Generation proper: from the engines being loaded to the last answer committed.
     result.seconds = time.monotonic() - started
+    result.generate_seconds = max(result.seconds - result.engine_start_seconds, 1e-9)
+    result.statuses = dict(sorted(statuses.items()))
     log.info(
         "generate: %d prompts (%d requests), %d input / %d output tokens, %.1f output tokens/s; "
         "statuses %s, %d unusable, %d shortened to fit the context",

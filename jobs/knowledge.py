@@ -5,20 +5,26 @@ fingerprint), with the window its prompt covered (schemas.WINDOW_FIELDS).
 Stages that need "the current knowledge" or "what the adaptor may train on"
 read it through here, so the rules are spelled once.
 
-Like the stages that call them, these read the requested columns of the whole
-table into one process (issue 10 moves them onto Ray Data / Spark).
+Two forms of each rule: Ray Datasets (`*_stream`) for the stages that touch every
+entity (generate, encode, adapt's export), which workers read and shuffle file by file
+so nothing grows in the driver; and Arrow tables for bounded reads (a sample's users,
+one entity, tests). The Spark twin of `current` is in jobs/prepare.py.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import schemas, tables
+
+if TYPE_CHECKING:
+    import ray.data
 
 ENTITY = ["kind", "entity_id"]
 # One row per answer: an entity's answer to one exact prompt.
@@ -42,6 +48,15 @@ def read_usable(path: Path, columns: list[str]) -> pa.Table:
         return schema.empty_table()
     rows = table.to_pyarrow_table(columns=wanted, filters=schemas.USABLE_KNOWLEDGE)
     return tables.conform(pa.table(rows), schema, "knowledge")
+
+
+def read_keys(path: Path) -> pa.Table:
+    """KEYS of every answer, usable or not (a bounded read: for small tables only)."""
+    schema = pa.schema([schemas.KNOWLEDGE.field(k) for k in KEYS])
+    table = tables.open_table(path)
+    if table is None:
+        return schema.empty_table()
+    return tables.conform(pa.table(table.to_pyarrow_table(columns=KEYS)), schema, "knowledge")
 
 
 def current(rows: pa.Table) -> pa.Table:
@@ -106,3 +121,64 @@ def training_users(samples: pa.Table, users: pa.Table) -> pa.Table:
     limit = _lookup(users.column("entity_id"), last.column("user_id"), last.column("position_max"))
     fits = pc.fill_null(pc.less_equal(users.column("history_end"), limit), False)
     return current(users.filter(fits))
+
+
+# Stream form. Ray Data groups and joins by hash shuffles (all rows of a key meet in one
+# partition); a key and an ORDER are each packed into one string so that any number of
+# key columns, and nulls in them, shuffle and compare alike.
+_SEP = "\x1f"
+_WIDTH = 20  # digits of a microsecond timestamp
+
+
+def _fixed(col: pa.ChunkedArray) -> pa.Array:
+    """Timestamps as zero-padded microseconds (strings sort as the times do); null: spaces,
+    which sort first, as nulls do in ORDER."""
+    micros = pc.cast(pc.cast(col, pa.timestamp("us", "UTC")), pa.int64())
+    text = pc.utf8_lpad(pc.cast(micros, pa.string()), _WIDTH, "0")
+    return pc.fill_null(text, " " * _WIDTH)
+
+
+def _with_keys(batch: pa.Table, per: list[str]) -> pa.Table:
+    """`batch` plus `_group` (the `per` key) and `_order` (ORDER, sortable as a string)."""
+    group = [pc.fill_null(pc.cast(batch.column(c), pa.string()), "") for c in per]
+    order = [
+        _fixed(batch.column("as_of")),
+        pc.fill_null(pc.utf8_rpad(batch.column("window"), 10, " "), " " * 10),
+        _fixed(batch.column("generated_at")),
+        batch.column("fingerprint"),
+    ]
+    batch = batch.append_column("_group", pc.binary_join_element_wise(*group, _SEP))
+    return batch.append_column("_order", pc.binary_join_element_wise(*order, _SEP))
+
+
+def partitions() -> int:
+    """Hash partitions of a shuffle: one per CPU of the cluster (at least 2)."""
+    import ray
+
+    return max(2, int(ray.cluster_resources().get("CPU", 2)))
+
+
+def current_stream(path: Path, columns: list[str], per: list[str] = ENTITY) -> ray.data.Dataset:
+    """`columns` of each `per` group's current usable answer (ORDER), as a Ray Dataset;
+    `current(read_usable(...))` in stream form.
+
+    `per` = ENTITY: an entity's current knowledge; ENTITY + window: per history window.
+    """
+    from ray.data.aggregate import Max
+
+    wanted = list(dict.fromkeys([*per, *ORDER, *columns]))
+    usable = pc.field("usable") == pa.scalar(True)
+    rows = tables.dataset(path, schemas.KNOWLEDGE, columns=wanted, where=usable)
+    rows = rows.map_batches(_with_keys, fn_args=(per,), batch_format="pyarrow")
+    latest = (
+        rows.select_columns(["_group", "_order"])
+        .groupby("_group")
+        .aggregate(Max("_order", alias_name="_order"))
+    )
+    current = rows.join(latest, "inner", partitions(), on=("_group", "_order"))
+    return current.drop_columns(["_group", "_order"])
+
+
+def without(rows: ray.data.Dataset, done: ray.data.Dataset, keys: list[str]) -> ray.data.Dataset:
+    """Rows of `rows` whose `keys` are not among `done`'s (a distributed anti-join)."""
+    return rows.join(done.select_columns(keys), "left_anti", partitions(), on=tuple(keys))

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +23,9 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Field, Schema, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
+
+if TYPE_CHECKING:
+    import ray.data
 
 from jobs.schemas import STAGES
 
@@ -87,6 +90,41 @@ def read(path: Path, schema: pa.Schema, version: int | None = None) -> pa.Table:
     if table is None:
         return schema.empty_table()
     return conform(pa.table(table.to_pyarrow_table()), schema, path.name)
+
+
+def dataset(
+    path: Path,
+    schema: pa.Schema,
+    version: int | None = None,
+    columns: Sequence[str] | None = None,
+    where: pc.Expression | None = None,
+) -> ray.data.Dataset:
+    """A Delta snapshot as a Ray Dataset that workers read file by file (streamed).
+
+    `columns` of the declared `schema` (default all), rows matching `where` (pushed
+    down into the Parquet scan); empty with those columns if the table does not exist.
+    Ray must be started (jobs/ray_data.py).
+    """
+    import ray.data
+
+    wanted = pa.schema([schema.field(c) for c in (columns or schema.names)])
+    table = open_table(path, version)
+    if table is None or not table.file_uris():
+        return ray.data.from_arrow(wanted.empty_table())
+    extra = {"filter": where} if where is not None else {}
+    ds = ray.data.read_delta(str(path), version=table.version(), columns=wanted.names, **extra)
+    return ds.map_batches(
+        conform, fn_args=(wanted, path.name), batch_format="pyarrow", batch_size=None
+    )
+
+
+def count(path: Path, version: int | None = None) -> int:
+    """Rows of the table from its log's file statistics (no data read); 0 if none."""
+    table = open_table(path, version)
+    if table is None:
+        return 0
+    actions = pa.table(table.get_add_actions(flatten=True))
+    return pc.sum(actions.column("num_records")).as_py() or 0 if actions.num_rows else 0
 
 
 def latest_rows(table: pa.Table, keys: list[str], order: list[str]) -> pa.Table:

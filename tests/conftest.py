@@ -32,7 +32,7 @@ def spark():
 def ray_local() -> Iterator[None]:
     import ray
 
-    from jobs.actors import ensure_ray
+    from jobs.ray_data import ensure_ray
     from jobs.config import RayConf
 
     ensure_ray(RayConf(num_cpus=2))

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
+import ray
+import ray.data
 from table_rows import knowledge_row, knowledge_table
 
 from jobs import knowledge, schemas, tables
@@ -37,6 +39,42 @@ def test_current_prefers_the_latest_cutoff_then_production_over_kars_cut(tmp_pat
     live = knowledge.current(knowledge.read_usable(path, []))
     got = dict(zip(live["entity_id"].to_pylist(), live["fingerprint"].to_pylist(), strict=True))
     assert got == {"u1": "prod", "u2": "new", "u3": "now", "u4": "good"}
+
+
+def test_the_streamed_rules_agree_with_the_arrow_ones(tmp_path, ray_local):
+    """current_stream (Ray Data shuffles) picks what `current` picks, per entity and per
+    window; `without` leaves out exactly the done keys."""
+    week = timedelta(days=7)
+    rows = [
+        knowledge_row("user", "u1", fingerprint="boot", window="evaluation", as_of=T - week),
+        knowledge_row("user", "u1", fingerprint="prod", window="production", as_of=T - week),
+        knowledge_row("user", "u2", fingerprint="new", as_of=T, generated_at=T),
+        knowledge_row("user", "u2", fingerprint="old", as_of=T - week, generated_at=T + week),
+        knowledge_row("user", "u3", fingerprint="legacy", as_of=None, generated_at=T + week),
+        knowledge_row("user", "u3", fingerprint="now", as_of=T - week),
+        knowledge_row("user", "u4", fingerprint="bad", usable=False, as_of=T),
+        knowledge_row("user", "u4", fingerprint="good", as_of=T - week),
+        knowledge_row("item", "u1", fingerprint="item", window=None, as_of=None),
+    ]
+    path = tmp_path / "knowledge"
+    _write(path, rows)
+
+    def picked(table: pa.Table) -> set[tuple[str, str, str]]:
+        return set(zip(*(table.column(c).to_pylist() for c in knowledge.KEYS), strict=True))
+
+    arrow = knowledge.read_usable(path, ["window"])
+    for per in (knowledge.ENTITY, [*knowledge.ENTITY, "window"]):
+        streamed = knowledge.current_stream(path, ["text"], per=per).to_arrow_refs()
+        streamed = pa.concat_tables([ray.get(ref) for ref in streamed])
+        assert picked(streamed) == picked(tables.latest_rows(arrow, per, knowledge.ORDER))
+    per_window = knowledge.current_stream(path, [], per=[*knowledge.ENTITY, "window"])
+    assert per_window.count() == 6  # u1 has two windows; u2-u4 and the item one each
+
+    done = ray.data.from_arrow(
+        pa.table({"kind": ["user"], "entity_id": ["u2"], "fingerprint": ["new"]})
+    )
+    left = knowledge.without(knowledge.current_stream(path, []), done, knowledge.KEYS)
+    assert sorted(left.to_pandas()["fingerprint"]) == ["good", "item", "now", "prod"]
 
     ages = knowledge.live_ages(path, T + timedelta(days=1))
     assert sorted(ages["user"].tolist()) == [1.0, 8.0, 8.0, 8.0]

@@ -1,0 +1,64 @@
+"""Ray plumbing shared by the model stages: start or join Ray, and run a model over a
+Ray Dataset on an actor pool.
+
+generate and encode both run "one model per actor, batches in, files out": Ray Data's
+streaming executor reads the input in parallel, keeps each actor fed (backpressure),
+restarts an actor that died (node lost, engine crash, OOM) and retries the batch it
+held. Workers write their output as Parquet parts (jobs/tables.py) and hand back one
+small row per part, so the driver only commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+import ray.data
+
+from jobs.config import PoolConf, RayConf
+
+log = logging.getLogger(__name__)
+
+
+# A local Ray gets this many logical CPUs beyond the cores: Ray Data's light tasks (reads,
+# shuffles, the driver-side commit loop's inputs) must be schedulable beside model actors
+# that reserve every core, or the stream stalls. On a cluster, leave room in the pool sizes.
+_DATA_CPUS = 2
+
+
+def ensure_ray(conf: RayConf) -> None:
+    """Start a local Ray (or join `conf.address`) once per process."""
+    if ray.is_initialized():
+        return
+    local_cpus = (conf.num_cpus or os.cpu_count() or 1) + _DATA_CPUS
+    ray.init(
+        address=conf.address,
+        num_cpus=local_cpus if conf.address is None else None,
+        include_dashboard=False,
+        log_to_driver=True,
+        logging_level=logging.WARNING,
+    )
+    context = ray.data.DataContext.get_current()
+    # Our stages log what they did; Ray Data's per-operator progress bars stay on for
+    # interactive runs (they go to stderr) but its verbose execution plan does not.
+    context.print_on_execution_start = False
+    log.info("ray ready: %s", ray.cluster_resources())
+
+
+def actor_pool(pool: PoolConf, in_flight: int = 1) -> dict[str, Any]:
+    """`map_batches` arguments for a fixed pool of `pool.num_actors` model actors.
+
+    Each actor reserves its CPUs/GPUs; a dead actor is restarted and its batch retried up
+    to `pool.max_restarts` times, so one dead engine does not end a long run.
+    """
+    return {
+        "compute": ray.data.ActorPoolStrategy(
+            size=pool.num_actors, max_tasks_in_flight_per_actor=in_flight
+        ),
+        "num_cpus": pool.cpus_per_actor,
+        "num_gpus": pool.gpus_per_actor or None,
+        "max_restarts": pool.max_restarts,
+        "max_task_retries": pool.max_restarts,
+    }
