@@ -123,33 +123,39 @@ def user_windows(hist: DataFrame, window: str, conf: Config) -> DataFrame:
     )
 
 
-def split_users(hist: DataFrame, conf: Config) -> DataFrame:
-    """user_id -> "train"/"test": an exact test_fraction of users, chosen by a seeded hash."""
-    order = Window.orderBy(F.xxhash64("user_id", F.lit(conf.run.seed)), "user_id")
-    ranked = hist.select("user_id").withColumn("rank", F.percent_rank().over(order))
-    is_test = F.col("rank") >= 1 - conf.prepare.test_fraction
-    return ranked.select("user_id", F.when(is_test, "test").otherwise("train").alias("split"))
+# split_of maps a user's seeded 64-bit hash to [0, 1) on this grid (exact in a double).
+_SPLIT_GRID = 1 << 52
 
 
-def ctr_samples(hist: DataFrame, splits: DataFrame, conf: Config) -> DataFrame:
-    """Samples from index n onward, each with the preceding `ctr_history_length` interactions."""
+def split_of(user_id: Column, conf: Config) -> Column:
+    """A user's split: "test" for a seeded hash fraction of users, else "train".
+
+    The test share is approximately prepare.test_fraction (not exact): each user's split
+    depends on its id and run.seed alone, so it is computed row by row with no global
+    ranking of users through one task, and a user keeps its split as others come and go.
+    """
+    hashed = F.pmod(F.xxhash64(user_id, F.lit(conf.run.seed)), F.lit(_SPLIT_GRID))
+    is_test = hashed / F.lit(float(_SPLIT_GRID)) < conf.prepare.test_fraction
+    return F.when(is_test, "test").otherwise("train")
+
+
+def ctr_samples(hist: DataFrame, conf: Config) -> DataFrame:
+    """Samples from index n onward, each with the preceding `ctr_history_length` interactions
+    and the user's `split_of`."""
     k = conf.prepare.ctr_history_length
     exploded = hist.select("user_id", "n", "history", F.posexplode("history").alias("pos", "ev"))
     start = F.greatest(F.col("pos") - k, F.lit(0))
     before = F.slice("history", start + 1, F.col("pos") - start)
-    return (
-        exploded.where(F.col("pos") >= F.col("n"))
-        .select(
-            "user_id",
-            F.col("ev.item_id").alias("item_id"),
-            (F.col("ev.rating") > conf.prepare.label_threshold).cast("byte").alias("label"),
-            F.col("ev.rating").cast("float").alias("rating"),
-            F.col("ev.timestamp").alias("timestamp"),
-            F.col("pos").cast("int").alias("position"),
-            F.transform(before, lambda e: e["item_id"]).alias("history_item_ids"),
-            F.transform(before, lambda e: e["rating"].cast("float")).alias("history_ratings"),
-        )
-        .join(splits, "user_id")
+    return exploded.where(F.col("pos") >= F.col("n")).select(
+        "user_id",
+        F.col("ev.item_id").alias("item_id"),
+        (F.col("ev.rating") > conf.prepare.label_threshold).cast("byte").alias("label"),
+        F.col("ev.rating").cast("float").alias("rating"),
+        F.col("ev.timestamp").alias("timestamp"),
+        F.col("pos").cast("int").alias("position"),
+        F.transform(before, lambda e: e["item_id"]).alias("history_item_ids"),
+        F.transform(before, lambda e: e["rating"].cast("float")).alias("history_ratings"),
+        split_of(F.col("user_id"), conf).alias("split"),
     )
 
 
@@ -461,8 +467,7 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     raw = dataclasses.replace(raw, interactions=before)
 
     hist = user_histories(raw.interactions, raw.items, conf).cache()
-    splits = split_users(hist, conf)
-    samples = ctr_samples(hist, splits, conf).cache()
+    samples = ctr_samples(hist, conf).cache()
     current = entity_prompts(user_windows(hist, conf.prepare.window, conf), raw, conf, fs, as_of)
 
     # Checked before any write: a failed prepare leaves every table as it was.

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
+from pyspark.sql import functions as F
 from table_rows import knowledge_row, knowledge_table
 
 from factors import sets
@@ -55,8 +56,7 @@ def test_history_is_time_ordered_and_cut_the_kar_way(raw, make_config):
 def test_samples_start_at_the_cut_with_preceding_history(raw, make_config):
     conf = make_config("prepare.ctr_history_length=2")
     hist = prepare.user_histories(raw.interactions, raw.items, conf)
-    splits = prepare.split_users(hist, conf)
-    samples = prepare.ctr_samples(hist, splits, conf).collect()
+    samples = prepare.ctr_samples(hist, conf).collect()
     u1 = sorted((r for r in samples if r["user_id"] == "u1"), key=lambda r: r["position"])
     assert [(r["item_id"], r["position"]) for r in u1] == [("i3", 3), ("i4", 4)]
     assert u1[0]["history_item_ids"] == ["i1", "i2"] and u1[0]["history_ratings"] == [3.0, 4.0]
@@ -66,15 +66,21 @@ def test_samples_start_at_the_cut_with_preceding_history(raw, make_config):
     assert all(r["position"] >= 30 for r in samples if r["user_id"] == "u3")
 
 
-def test_user_split_is_exact_and_seeded(spark, make_config):
-    users = spark.createDataFrame([(f"u{k}",) for k in range(20)], "user_id string")
-    first = _by_user(prepare.split_users(users, make_config()))
-    again = _by_user(prepare.split_users(users, make_config()))
-    other = _by_user(prepare.split_users(users, make_config("run.seed=7")))
-    test_users = {u for u, r in first.items() if r["split"] == "test"}
-    assert len(test_users) == 2
-    assert test_users == {u for u, r in again.items() if r["split"] == "test"}
-    assert test_users != {u for u, r in other.items() if r["split"] == "test"}
+def test_user_split_is_seeded_about_test_fraction_and_stable_per_user(spark, make_config):
+    users = spark.createDataFrame([(f"u{k}",) for k in range(2000)], "user_id string")
+
+    def test_users(frame, *overrides: str) -> set[str]:
+        split = prepare.split_of(F.col("user_id"), make_config(*overrides)).alias("split")
+        return {
+            r["user_id"] for r in frame.select("user_id", split).collect() if r["split"] == "test"
+        }
+
+    first = test_users(users)
+    assert abs(len(first) - 200) <= 40  # test_fraction 0.1, by hash: about, not exactly
+    assert first == test_users(users)
+    assert first != test_users(users, "run.seed=7")
+    # A user's split is its own: a subset of the users keeps each one's split.
+    assert test_users(users.where(F.col("user_id") < "u5")) == {u for u in first if u < "u5"}
 
 
 AS_OF = datetime(2026, 11, 30, tzinfo=UTC)
