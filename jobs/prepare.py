@@ -14,6 +14,10 @@ knowledge that is too old. Users without knowledge that ended before their
 latest interaction also get KAR's-cut prompt (bootstrap), the adaptor's
 leak-free training text. Due prompts go to `prompts`, which makes the weekly run
 incremental and a rerun after a crash resume where it stopped.
+
+No table's rows pass through the driver: Spark tasks write the Parquet files
+(`spark.write_parts`) and the driver commits their file actions with delta-rs;
+it collects only aggregates (counts, digests) and one small row per file.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from factors.sets import FactorSet
 from factors.untrusted import age_range
 from jobs import faults, knowledge, llm, readers, schemas, tables
 from jobs.config import Config
-from jobs.spark import read_delta, session, to_arrow
+from jobs.spark import read_delta, session, write_parts
 
 log = logging.getLogger(__name__)
 
@@ -427,17 +431,19 @@ def entity_attributes(raw: readers.RawData) -> DataFrame:
 def _overwrite_if_changed(
     path: Path, rows: DataFrame, schema: pa.Schema, digest: str, run_id: str
 ) -> int | None:
-    """The table's version: a new one only when `digest` differs from the last commit's."""
+    """The table's version: a new one, written by Spark tasks (`write_parts`), only when
+    `digest` differs from the last commit's."""
     if tables.commit_metadata(path, "digest") == digest:
         version = tables.version(path)
         log.info(
             "%s unchanged (%s rows); kept version %s", path.name, digest.split(":")[0], version
         )
         return version
-    return tables.overwrite(
+    return tables.commit_parts(
         path,
-        to_arrow(rows, schema, path.name),
+        write_parts(rows, path, schema),
         schema,
+        mode="overwrite",
         metadata={"digest": digest, "run_id": run_id},
     )
 
@@ -497,10 +503,13 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     pending = due.select(
         F.lit(run_id).alias("run_id"), "*", F.current_timestamp().alias("created_at")
     )
-    pending_rows = to_arrow(pending, schemas.PROMPTS, "prompts")
     refresh: dict[str, dict[str, int]] = {}
     for row in states.groupBy("kind", "state").count().collect():
         refresh.setdefault(row["kind"], {})[row["state"]] = row["count"]
+    prompts_path = conf.table_path("prompts")
+    # Spark tasks write the files; the driver commits them and counts rows from their PART rows.
+    pending_parts = write_parts(pending, prompts_path, schemas.PROMPTS)
+    n_pending = sum(p["rows"] for p in pending_parts)
     states.unpersist()
     n_users, n_items = hist.count(), raw.items.count()
     log.info(
@@ -509,17 +518,17 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         n_users,
         n_items,
         as_of.isoformat(),
-        pending_rows.num_rows,
+        n_pending,
         refresh.get("user", {}),
         refresh.get("item", {}),
         n_boot,
     )
-    prompts_path = conf.table_path("prompts")
     # Always record this run's pending set (possibly empty): generate reads exactly it.
-    prompts_version = tables.overwrite(
+    prompts_version = tables.commit_parts(
         prompts_path,
-        pending_rows,
+        pending_parts,
         schemas.PROMPTS,
+        mode="overwrite",
         metadata={"run_id": run_id, "as_of": as_of.isoformat()},
     )
 
@@ -545,7 +554,7 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     return PrepareResult(
         users=n_users,
         items=n_items,
-        prompts_pending=pending_rows.num_rows,
+        prompts_pending=n_pending,
         refresh=refresh,
         bootstrap=n_boot,
         sanitized=sanitized,
