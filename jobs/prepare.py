@@ -14,6 +14,10 @@ knowledge that is too old. Users without knowledge that ended before their
 latest interaction also get KAR's-cut prompt (bootstrap), the adaptor's
 leak-free training text. Due prompts go to `prompts`, which makes the weekly run
 incremental and a rerun after a crash resume where it stopped.
+
+No table's rows pass through the driver: Spark tasks write the Parquet files
+(`spark.write_parts`) and the driver commits their file actions with delta-rs;
+it collects only aggregates (counts, digests) and one small row per file.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from factors.sets import FactorSet
 from factors.untrusted import age_range
 from jobs import faults, knowledge, llm, readers, schemas, tables
 from jobs.config import Config
-from jobs.spark import read_delta, session, to_arrow
+from jobs.spark import read_delta, session, write_parts
 
 log = logging.getLogger(__name__)
 
@@ -123,33 +127,39 @@ def user_windows(hist: DataFrame, window: str, conf: Config) -> DataFrame:
     )
 
 
-def split_users(hist: DataFrame, conf: Config) -> DataFrame:
-    """user_id -> "train"/"test": an exact test_fraction of users, chosen by a seeded hash."""
-    order = Window.orderBy(F.xxhash64("user_id", F.lit(conf.run.seed)), "user_id")
-    ranked = hist.select("user_id").withColumn("rank", F.percent_rank().over(order))
-    is_test = F.col("rank") >= 1 - conf.prepare.test_fraction
-    return ranked.select("user_id", F.when(is_test, "test").otherwise("train").alias("split"))
+# split_of maps a user's seeded 64-bit hash to [0, 1) on this grid (exact in a double).
+_SPLIT_GRID = 1 << 52
 
 
-def ctr_samples(hist: DataFrame, splits: DataFrame, conf: Config) -> DataFrame:
-    """Samples from index n onward, each with the preceding `ctr_history_length` interactions."""
+def split_of(user_id: Column, conf: Config) -> Column:
+    """A user's split: "test" for a seeded hash fraction of users, else "train".
+
+    The test share is approximately prepare.test_fraction (not exact): each user's split
+    depends on its id and run.seed alone, so it is computed row by row with no global
+    ranking of users through one task, and a user keeps its split as others come and go.
+    """
+    hashed = F.pmod(F.xxhash64(user_id, F.lit(conf.run.seed)), F.lit(_SPLIT_GRID))
+    is_test = hashed / F.lit(float(_SPLIT_GRID)) < conf.prepare.test_fraction
+    return F.when(is_test, "test").otherwise("train")
+
+
+def ctr_samples(hist: DataFrame, conf: Config) -> DataFrame:
+    """Samples from index n onward, each with the preceding `ctr_history_length` interactions
+    and the user's `split_of`."""
     k = conf.prepare.ctr_history_length
     exploded = hist.select("user_id", "n", "history", F.posexplode("history").alias("pos", "ev"))
     start = F.greatest(F.col("pos") - k, F.lit(0))
     before = F.slice("history", start + 1, F.col("pos") - start)
-    return (
-        exploded.where(F.col("pos") >= F.col("n"))
-        .select(
-            "user_id",
-            F.col("ev.item_id").alias("item_id"),
-            (F.col("ev.rating") > conf.prepare.label_threshold).cast("byte").alias("label"),
-            F.col("ev.rating").cast("float").alias("rating"),
-            F.col("ev.timestamp").alias("timestamp"),
-            F.col("pos").cast("int").alias("position"),
-            F.transform(before, lambda e: e["item_id"]).alias("history_item_ids"),
-            F.transform(before, lambda e: e["rating"].cast("float")).alias("history_ratings"),
-        )
-        .join(splits, "user_id")
+    return exploded.where(F.col("pos") >= F.col("n")).select(
+        "user_id",
+        F.col("ev.item_id").alias("item_id"),
+        (F.col("ev.rating") > conf.prepare.label_threshold).cast("byte").alias("label"),
+        F.col("ev.rating").cast("float").alias("rating"),
+        F.col("ev.timestamp").alias("timestamp"),
+        F.col("pos").cast("int").alias("position"),
+        F.transform(before, lambda e: e["item_id"]).alias("history_item_ids"),
+        F.transform(before, lambda e: e["rating"].cast("float")).alias("history_ratings"),
+        split_of(F.col("user_id"), conf).alias("split"),
     )
 
 
@@ -421,17 +431,19 @@ def entity_attributes(raw: readers.RawData) -> DataFrame:
 def _overwrite_if_changed(
     path: Path, rows: DataFrame, schema: pa.Schema, digest: str, run_id: str
 ) -> int | None:
-    """The table's version: a new one only when `digest` differs from the last commit's."""
+    """The table's version: a new one, written by Spark tasks (`write_parts`), only when
+    `digest` differs from the last commit's."""
     if tables.commit_metadata(path, "digest") == digest:
         version = tables.version(path)
         log.info(
             "%s unchanged (%s rows); kept version %s", path.name, digest.split(":")[0], version
         )
         return version
-    return tables.overwrite(
+    return tables.commit_parts(
         path,
-        to_arrow(rows, schema, path.name),
+        write_parts(rows, path, schema),
         schema,
+        mode="overwrite",
         metadata={"digest": digest, "run_id": run_id},
     )
 
@@ -461,8 +473,7 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     raw = dataclasses.replace(raw, interactions=before)
 
     hist = user_histories(raw.interactions, raw.items, conf).cache()
-    splits = split_users(hist, conf)
-    samples = ctr_samples(hist, splits, conf).cache()
+    samples = ctr_samples(hist, conf).cache()
     current = entity_prompts(user_windows(hist, conf.prepare.window, conf), raw, conf, fs, as_of)
 
     # Checked before any write: a failed prepare leaves every table as it was.
@@ -492,10 +503,13 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     pending = due.select(
         F.lit(run_id).alias("run_id"), "*", F.current_timestamp().alias("created_at")
     )
-    pending_rows = to_arrow(pending, schemas.PROMPTS, "prompts")
     refresh: dict[str, dict[str, int]] = {}
     for row in states.groupBy("kind", "state").count().collect():
         refresh.setdefault(row["kind"], {})[row["state"]] = row["count"]
+    prompts_path = conf.table_path("prompts")
+    # Spark tasks write the files; the driver commits them and counts rows from their PART rows.
+    pending_parts = write_parts(pending, prompts_path, schemas.PROMPTS)
+    n_pending = sum(p["rows"] for p in pending_parts)
     states.unpersist()
     n_users, n_items = hist.count(), raw.items.count()
     log.info(
@@ -504,17 +518,17 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         n_users,
         n_items,
         as_of.isoformat(),
-        pending_rows.num_rows,
+        n_pending,
         refresh.get("user", {}),
         refresh.get("item", {}),
         n_boot,
     )
-    prompts_path = conf.table_path("prompts")
     # Always record this run's pending set (possibly empty): generate reads exactly it.
-    prompts_version = tables.overwrite(
+    prompts_version = tables.commit_parts(
         prompts_path,
-        pending_rows,
+        pending_parts,
         schemas.PROMPTS,
+        mode="overwrite",
         metadata={"run_id": run_id, "as_of": as_of.isoformat()},
     )
 
@@ -540,7 +554,7 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     return PrepareResult(
         users=n_users,
         items=n_items,
-        prompts_pending=pending_rows.num_rows,
+        prompts_pending=n_pending,
         refresh=refresh,
         bootstrap=n_boot,
         sanitized=sanitized,

@@ -2,8 +2,9 @@
 
 Our machines cannot fetch the delta-spark jars from Maven, so Spark reads a
 Delta snapshot through the exact Parquet file list delta-rs gives for a
-version, and writes go through delta-rs. On a cluster with the Delta
-connector the same tables are ordinary Delta tables.
+version, and Spark tasks write Parquet files that delta-rs commits
+(`write_parts`). On a cluster with the Delta connector the same tables are
+ordinary Delta tables.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from pyspark import SparkConf as JavaSparkConf
@@ -85,6 +88,42 @@ def read_delta(
     return spark.read.schema(spark_schema).parquet(*files)
 
 
-def to_arrow(df: DataFrame, schema: pa.Schema, name: str) -> pa.Table:
-    """Collect a DataFrame as Arrow in the table's declared schema (for a delta-rs write)."""
-    return tables.conform(df.toArrow(), schema, name)
+# A Spark task writes a file once it buffered this much Arrow data (or its partition ended).
+PART_BYTES = 128 << 20
+
+
+def write_parts(
+    df: DataFrame, path: Path, schema: pa.Schema, max_bytes: int = PART_BYTES
+) -> list[dict[str, Any]]:
+    """Write `df` as Parquet files in the table directory from Spark tasks; their PART rows.
+
+    Each task conforms its Arrow batches to the declared `schema` (`tables.write_part`
+    casts and checks nulls) and writes one file per partition, or per `max_bytes` of
+    Arrow data, so no row reaches the driver: it collects one small row per file and
+    commits them (`tables.commit_parts`). Empty partitions write nothing. The table
+    directory must be reachable from every executor (local disk in local mode, a shared
+    mount on a cluster); files of failed or speculative task attempts are never
+    committed and go at the next `tables.vacuum`.
+    """
+    target = str(path.absolute())
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        buffered: list[pa.RecordBatch] = []
+        size = 0
+        for batch in batches:
+            if batch.num_rows:
+                buffered.append(batch)
+                size += batch.nbytes
+            if size >= max_bytes:
+                yield _write_part(target, buffered, schema)
+                buffered, size = [], 0
+        if buffered:
+            yield _write_part(target, buffered, schema)
+
+    rows = df.mapInArrow(write, from_arrow_schema(tables.PART)).collect()
+    return [row.asDict() for row in rows]
+
+
+def _write_part(target: str, batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
+    part = tables.write_part(Path(target), pa.Table.from_batches(batches), schema)
+    return pa.RecordBatch.from_pylist([part], schema=tables.PART)

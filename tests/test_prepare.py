@@ -6,13 +6,16 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
 from table_rows import knowledge_row, knowledge_table
 
 from factors import sets
 from jobs import prepare, schemas, tables
 from jobs.readers import RawData
-from jobs.spark import read_delta
+from jobs.spark import read_delta, write_parts
 
 FS = sets.load("movies")
 
@@ -55,8 +58,7 @@ def test_history_is_time_ordered_and_cut_the_kar_way(raw, make_config):
 def test_samples_start_at_the_cut_with_preceding_history(raw, make_config):
     conf = make_config("prepare.ctr_history_length=2")
     hist = prepare.user_histories(raw.interactions, raw.items, conf)
-    splits = prepare.split_users(hist, conf)
-    samples = prepare.ctr_samples(hist, splits, conf).collect()
+    samples = prepare.ctr_samples(hist, conf).collect()
     u1 = sorted((r for r in samples if r["user_id"] == "u1"), key=lambda r: r["position"])
     assert [(r["item_id"], r["position"]) for r in u1] == [("i3", 3), ("i4", 4)]
     assert u1[0]["history_item_ids"] == ["i1", "i2"] and u1[0]["history_ratings"] == [3.0, 4.0]
@@ -66,15 +68,21 @@ def test_samples_start_at_the_cut_with_preceding_history(raw, make_config):
     assert all(r["position"] >= 30 for r in samples if r["user_id"] == "u3")
 
 
-def test_user_split_is_exact_and_seeded(spark, make_config):
-    users = spark.createDataFrame([(f"u{k}",) for k in range(20)], "user_id string")
-    first = _by_user(prepare.split_users(users, make_config()))
-    again = _by_user(prepare.split_users(users, make_config()))
-    other = _by_user(prepare.split_users(users, make_config("run.seed=7")))
-    test_users = {u for u, r in first.items() if r["split"] == "test"}
-    assert len(test_users) == 2
-    assert test_users == {u for u, r in again.items() if r["split"] == "test"}
-    assert test_users != {u for u, r in other.items() if r["split"] == "test"}
+def test_user_split_is_seeded_about_test_fraction_and_stable_per_user(spark, make_config):
+    users = spark.createDataFrame([(f"u{k}",) for k in range(2000)], "user_id string")
+
+    def test_users(frame, *overrides: str) -> set[str]:
+        split = prepare.split_of(F.col("user_id"), make_config(*overrides)).alias("split")
+        return {
+            r["user_id"] for r in frame.select("user_id", split).collect() if r["split"] == "test"
+        }
+
+    first = test_users(users)
+    assert abs(len(first) - 200) <= 40  # test_fraction 0.1, by hash: about, not exactly
+    assert first == test_users(users)
+    assert first != test_users(users, "run.seed=7")
+    # A user's split is its own: a subset of the users keeps each one's split.
+    assert test_users(users.where(F.col("user_id") < "u5")) == {u for u in first if u < "u5"}
 
 
 AS_OF = datetime(2026, 11, 30, tzinfo=UTC)
@@ -185,6 +193,46 @@ def test_run_writes_only_changed_prompts_and_unchanged_samples_once(spark, ml100
     samples = tables.read(conf.table_path("samples"), schemas.SAMPLES)
     assert samples.num_rows == first.samples
     assert set(samples.column("split").to_pylist()) == {"train", "test"}
+
+
+def _files(conf, name: str) -> dict[str, int]:
+    """The Parquet files of a table's current version -> their row counts (add actions)."""
+    adds = pa.table(DeltaTable(str(conf.table_path(name))).get_add_actions(flatten=True))
+    return dict(zip(adds["path"].to_pylist(), adds["num_records"].to_pylist(), strict=True))
+
+
+def test_tables_are_committed_from_files_spark_tasks_wrote(spark, ml100k, make_config):
+    conf = make_config("data.sample.max_items=20", "data.sample.max_users=15")
+    first = prepare.run(conf, "r1", spark)
+    expected = {"prompts": first.prompts_pending, "samples": first.samples, "attributes": None}
+    for name, rows in expected.items():
+        files = _files(conf, name)
+        table = tables.read(conf.table_path(name), schemas.TABLES[name])
+        assert sum(files.values()) == table.num_rows == (rows or table.num_rows), name
+        for file in files:  # written by the tasks in the declared types, nullability included
+            written = pq.read_schema(conf.table_path(name) / file).remove_metadata()
+            assert written.equals(schemas.TABLES[name]), name
+    # One file per Spark partition: the driver committed the tasks' files, it wrote none.
+    samples = _files(conf, "samples")
+    assert len(samples) > 1 and len(_files(conf, "prompts")) > 1
+
+    # Unchanged input: the same pending set is written again, the samples are kept as they were.
+    second = prepare.run(conf, "r2", spark)
+    assert second.prompts_pending == first.prompts_pending
+    assert second.samples_version == first.samples_version
+    assert _files(conf, "samples") == samples
+
+
+def test_spark_tasks_write_a_file_per_partition_or_per_max_bytes(spark, tmp_path):
+    schema = pa.schema([pa.field("id", pa.int32(), nullable=False)])  # Spark's range: int64
+    path = tmp_path / "t"
+    # 30,000 rows: one partition, Arrow batches of 10,000 rows (Spark's default).
+    parts = write_parts(spark.range(0, 30_000, numPartitions=1), path, schema, max_bytes=1)
+    assert [p["rows"] for p in parts] == [10_000] * 3
+    assert len(write_parts(spark.range(0, 30_000, numPartitions=2), path, schema)) == 2
+    assert pq.read_schema(path / parts[0]["file"]).remove_metadata().equals(schema)
+    tables.commit_parts(path, parts, schema, mode="overwrite")
+    assert sorted(tables.read(path, schema)["id"].to_pylist()) == list(range(30_000))
 
 
 def test_refresh_policy_keeps_fresh_and_stale_and_refreshes_what_is_due(raw, make_config, spark):

@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from jobs import schemas, tables
-from jobs.spark import read_delta, to_arrow
+from jobs.spark import read_delta, write_parts
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
@@ -77,8 +78,11 @@ def test_spark_reads_a_delta_snapshot_and_round_trips(spark, tmp_path):
     tables.overwrite(path, embedding_rows(["c"]), schemas.EMBEDDINGS)
     assert read_delta(spark, path, schemas.EMBEDDINGS, version=0).count() == 2
     latest = read_delta(spark, path, schemas.EMBEDDINGS)
-    back = to_arrow(latest, schemas.EMBEDDINGS, "embeddings")
-    assert back.schema.equals(schemas.EMBEDDINGS)
+    copy = tmp_path / "copy"
+    parts = write_parts(latest, copy, schemas.EMBEDDINGS)
+    tables.commit_parts(copy, parts, schemas.EMBEDDINGS)
+    assert pq.read_schema(copy / parts[0]["file"]).remove_metadata().equals(schemas.EMBEDDINGS)
+    back = tables.read(copy, schemas.EMBEDDINGS)
     assert back.column("embedding").to_pylist() == [[1.0, 0.0]]
 
 
