@@ -165,7 +165,9 @@ def run(conf: Config, run_id: str) -> EncodeResult:
         metadata={"run_id": run_id, "encoder_model": enc.model},
         after=_committed,
     )
-    parts = pending.map_batches(
+    # A task's output reaches the driver when the task ends: blocks of commit_rows inputs
+    # make each task one commit's worth, so commits (and a kill's loss) stay that size.
+    parts = pending.repartition(target_num_rows_per_block=enc.commit_rows).map_batches(
         EncoderWorker,
         fn_constructor_args=(model, enc, enc.pool.torch_threads, path, enc.model),
         batch_size=enc.batch_size,

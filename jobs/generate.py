@@ -168,6 +168,7 @@ class GenerationWorker:
         self.engine = build_engine(llm, resolve_model(llm.model, cache_dir), gen.torch_threads)
         self.checks = AnswerChecks.from_conf(gen)
         self.load_seconds = time.monotonic() - started
+        self.ready_at = time.time()  # wall clock: comparable across actors and the driver
 
     def __call__(self, rows: pa.Table) -> pa.Table:
         started = time.monotonic()
@@ -189,6 +190,7 @@ class GenerationWorker:
                     "truncated": sum(a.generation.history_dropped > 0 for a in answers),
                     "statuses": json.dumps(statuses),
                     "load_seconds": self.load_seconds,
+                    "ready_at": self.ready_at,
                     "busy_seconds": time.monotonic() - started,
                 }
             ]
@@ -260,9 +262,14 @@ def pending_prompts(
         if selection.since is not None:
             active = pa.concat_tables(ray.get(_active_since(conf, selection.since).to_arrow_refs()))
             prompts = prompts.join(active, knowledge.ENTITY, join_type="left semi")
+        total = prompts.num_rows
+        # One answer per key even if the table repeats a prompt (prepare writes each once:
+        # the stream path relies on that).
+        indexed = prompts.append_column("_row", pa.array(range(total), pa.int64()))
+        first = indexed.group_by(KEYS, use_threads=False).aggregate([("_row", "min")])
+        prompts = prompts.take(first.column("_row_min"))
         done = knowledge.read_keys(knowledge_path)
-        pending = prompts.join(done, keys=KEYS, join_type="left anti")
-        return prompts.num_rows, pending
+        return total, prompts.join(done, keys=KEYS, join_type="left anti")
     ensure_ray(conf.ray)
     prompts = tables.dataset(prompts_path, PROMPTS, version)
     if selection != Selection():
@@ -373,7 +380,9 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
         after=lambda v: log.info("knowledge: committed answers (version %d)", v),
     )
     gen = conf.generate
-    parts = pending.map_batches(
+    # A task's output reaches the driver when the task ends: blocks of commit_rows prompts
+    # make each task one commit's worth, so commits (and a kill's loss) stay that size.
+    parts = pending.repartition(target_num_rows_per_block=gen.commit_rows).map_batches(
         GenerationWorker,
         fn_constructor_args=(
             _engine_conf(conf.llm),
@@ -388,6 +397,7 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
     )
     statuses: Counter[str] = Counter()
     loads: list[float] = []
+    ready: list[float] = []
     for batch in parts.iter_batches(batch_size=None, batch_format="pyarrow"):
         for row in batch.to_pylist():
             committer.add(row)
@@ -399,12 +409,13 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
             result.history_truncated += row["truncated"]
             statuses.update(json.loads(row["statuses"]))
             loads.append(row["load_seconds"])
+            ready.append(row["ready_at"])
     committer.flush()
     result.knowledge_version = committer.version
     result.engine_start_seconds = max(loads, default=0.0)
-    # Generation proper: from the engines being loaded to the last answer committed.
+    # Generation proper: from the first engine ready to the last answer committed.
+    result.generate_seconds = max(time.time() - min(ready, default=time.time()), 1e-9)
     result.seconds = time.monotonic() - started
-    result.generate_seconds = max(result.seconds - result.engine_start_seconds, 1e-9)
     result.statuses = dict(sorted(statuses.items()))
     log.info(
         "generate: %d prompts (%d requests), %d input / %d output tokens, %.1f output tokens/s; "

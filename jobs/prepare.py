@@ -500,7 +500,8 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         boot = boot.join(answered, [*knowledge.ENTITY, "fingerprint"], "left_anti").cache()
         n_boot = boot.count()
         due = due.unionByName(boot)
-    pending = due.select(
+    # One row per answer key: generate streams this table and asks each row once.
+    pending = due.dropDuplicates(knowledge.KEYS).select(
         F.lit(run_id).alias("run_id"), "*", F.current_timestamp().alias("created_at")
     )
     refresh: dict[str, dict[str, int]] = {}

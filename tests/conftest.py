@@ -32,8 +32,8 @@ def spark():
 def ray_local() -> Iterator[None]:
     import ray
 
-    from jobs.ray_data import ensure_ray
     from jobs.config import RayConf
+    from jobs.ray_data import ensure_ray
 
     ensure_ray(RayConf(num_cpus=2))
     yield

@@ -327,7 +327,8 @@ def _workers(actor_class: str) -> list:
         with contextlib.suppress(psutil.Error):
             # A process being forked or reaped can show an empty command line: not ours (yet).
             command = proc.cmdline() if proc.status() != psutil.STATUS_ZOMBIE else []
-            if command and command[0].startswith(f"ray::{actor_class}"):
+            # Ray Data names its pool actors ray::MapWorker(MapBatches(<class>)).
+            if command and command[0].startswith("ray::") and actor_class in command[0]:
                 found.append(proc)
     return found
 
