@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from jobs.config import LLMConf
+from jobs.plugins import load_class
 
 FinishReason = Literal["stop", "length"]
 
@@ -45,11 +46,20 @@ def build_engine(conf: LLMConf, model_dir: Path, threads: int | None = None) -> 
     """The engine `conf.engine` names, loaded from a local checkpoint directory.
 
     `threads` caps torch CPU threads for the transformers engine (one per actor CPU).
+    A plug-in (`llm.engine: "package.module:Class"`, e.g. a client of an HTTP endpoint) is
+    built as `Class(conf, model_dir, threads)`, in the process that generates (the Ray actor):
+    `conf` is this LLMConf (model name, sampling, max_new_tokens, max_model_len), `model_dir`
+    what `resolve_model(conf.model, ...)` gave (a remote engine may ignore it), `threads` the
+    CPUs the actor reserved or None. It must implement `Engine.generate`: one Generation per
+    prompt, in order, with token counts (estimated if the engine reports none) and
+    finish_reason "stop" or "length". Import errors raise PluginError naming the path.
     """
     if conf.engine == "vllm":
         from jobs.llm.vllm import VLLMEngine
 
         return VLLMEngine(conf, model_dir)
-    from jobs.llm.hf import HFEngine
+    if conf.engine == "transformers":
+        from jobs.llm.hf import HFEngine
 
-    return HFEngine(conf, model_dir, threads)
+        return HFEngine(conf, model_dir, threads)
+    return load_class(conf.engine, "llm.engine")(conf, model_dir, threads)
