@@ -11,7 +11,8 @@ from encoders import build_encoder
 from factors import sets
 from factors.prompts import item_context, item_prompt, user_context, user_prompt
 from jobs.config import ConfigError, GenerateConf, load_config
-from jobs.llm import build_engine
+from jobs.llm import ModelError, build_engine
+from jobs.llm.base import engine_model_dir
 from jobs.llm.checks import AnswerChecks
 from jobs.plugins import PluginError
 
@@ -76,3 +77,11 @@ def test_a_plugin_that_cannot_be_imported_names_its_path() -> None:
     conf = load_config(None, ["encoder.engine=bench.standins:NoSuchEncoder"])
     with pytest.raises(PluginError, match="has no 'NoSuchEncoder'"):
         build_encoder(conf.encoder.model, conf.encoder)
+
+
+def test_a_plugin_engine_gets_a_remote_model_name_where_a_builtin_one_fails(tmp_path) -> None:
+    remote = load_config(None, [*STANDINS, "llm.model=endpoint/llama-3-8b"])
+    assert engine_model_dir(remote.llm, tmp_path) == Path("endpoint/llama-3-8b")
+    builtin = load_config(None, ["llm.model=endpoint/llama-3-8b"])
+    with pytest.raises(ModelError):
+        engine_model_dir(builtin.llm, tmp_path)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from jobs.config import LLMConf
+from jobs.config import LLM_ENGINES, LLMConf
 from jobs.plugins import load_class
 
 FinishReason = Literal["stop", "length"]
@@ -40,6 +40,20 @@ class Engine(Protocol):
         (retries of bad answers use them to get a different answer).
         """
         ...
+
+
+def engine_model_dir(conf: LLMConf, cache_dir: Path) -> Path:
+    """The `model_dir` to give build_engine: resolve_model's checkpoint directory; for a
+    plug-in engine whose llm.model is not a local or bundled checkpoint (a remote endpoint's
+    model name), that name as a path, which the plug-in reads as its model's name."""
+    from jobs.llm.model import ModelError, resolve_model
+
+    try:
+        return resolve_model(conf.model, cache_dir)
+    except ModelError:
+        if conf.engine in LLM_ENGINES:
+            raise
+        return Path(conf.model)
 
 
 def build_engine(conf: LLMConf, model_dir: Path, threads: int | None = None) -> Engine:
