@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from jobs.plugins import check_engine_name
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key path and the fix."""
@@ -197,7 +199,9 @@ class FactorsConf(_Section):
 
 
 class LLMConf(_Section):
-    engine: Literal["transformers", "vllm"] = "transformers"
+    # "transformers", "vllm", or a plug-in class "package.module:Class" (e.g. an HTTP endpoint's
+    # client): built as Class(conf, model_dir, threads), see jobs/llm/base.py build_engine.
+    engine: str = "transformers"
     # "bundled:smollm2-135m-instruct" or a local HF-format checkpoint directory.
     model: str = "bundled:smollm2-135m-instruct"
     max_new_tokens: int = Field(default=96, gt=0)
@@ -215,6 +219,14 @@ class LLMConf(_Section):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     # vLLM only: fixed KV-cache size in GiB instead of the fraction above (set it on CPU hosts).
     kv_cache_gib: float | None = Field(default=None, gt=0)
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        return check_engine_name(value, LLM_ENGINES)
+
+
+LLM_ENGINES = ("transformers", "vllm")
 
 
 class RayConf(_Section):
@@ -293,6 +305,9 @@ class GenerateConf(PoolConf):
 
 
 class EncoderConf(_Section):
+    # "sentence-transformers", or a plug-in class "package.module:Class": built as
+    # Class(model, conf, threads), see encoders.build_encoder.
+    engine: str = "sentence-transformers"
     # "bundled:all-MiniLM-L6-v2" or any sentence-transformers model directory.
     model: str = "bundled:all-MiniLM-L6-v2"
     batch_size: int = Field(default=64, gt=0)
@@ -301,6 +316,11 @@ class EncoderConf(_Section):
     commit_rows: int = Field(default=2048, gt=0)
     device: str = "cpu"
     pool: PoolConf = Field(default_factory=PoolConf)
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        return check_engine_name(value, ("sentence-transformers",))
 
 
 Backbone = Literal["din", "deepfm", "dcnv2"]
