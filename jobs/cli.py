@@ -34,7 +34,7 @@ log = logging.getLogger("kar")
 
 STAGES = ("prepare", "generate", "encode", "adapt")
 # Commands that write to run.output_dir: one at a time per directory (jobs/lock.py).
-WRITERS = frozenset({"run", *STAGES, "evaluate", "publish", "forget"})
+WRITERS = frozenset({"run", *STAGES, "evaluate", "publish", "forget", "maintain"})
 INPUT_ERRORS = (ConfigError, DataError, FactorSetError, SchemaError, FileNotFoundError)
 
 
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="build the run report (markdown + plots), print its path")
     rep.add_argument("--run-id", default=None, help="a run in the runs table (default: latest)")
     _add_conf_args(rep)
+    _add_conf_args(
+        sub.add_parser("maintain", help="compact the tables' small files and vacuum unused ones")
+    )
     forget = sub.add_parser("forget", help="delete one user or item from every table and store")
     who = forget.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", metavar="ID", help="the user's id as in the input")
@@ -134,6 +137,10 @@ def _dispatch(args: argparse.Namespace, conf: Config, run_id: str) -> None:
         path = report.write(conf, args.run_id)
         plots = [str(path.parent / f"{name}.png") for name in report.PLOTS]
         sys.stdout.write(json.dumps({"report": str(path), "plots": plots}) + "\n")
+    elif args.command == "maintain":
+        from jobs import maintain
+
+        sys.stdout.write(json.dumps(asdict(maintain.run(conf))) + "\n")
     elif args.command == "forget":
         from jobs import forget
 

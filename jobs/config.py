@@ -41,6 +41,9 @@ class RunConf(_Section):
     cache_dir: Path = Path(".cache/kar")
     seed: int = 42
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # `kar maintain` (the weekly run's last step) deletes table files that no version younger
+    # than this uses: time travel (`kar vectors --version`) reaches back this far.
+    retain_hours: int = Field(default=168, ge=0)
     # The run's cutoff: interactions at or after it are ignored, as if the run happened then
     # (replays, backfills). None: now. A time without a zone is UTC.
     as_of: datetime | None = None

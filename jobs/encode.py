@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
+from encoders import build_encoder
 from encoders.inputs import encoder_input
-from encoders.sentence import BUNDLED_PREFIX, EncoderError, SentenceEncoder, resolve_encoder
+from encoders.sentence import BUNDLED_PREFIX, EncoderError, resolve_encoder
 from jobs import faults, knowledge, tables
 from jobs.config import Config, ConfigError, EncoderConf
 from jobs.ray_data import actor_pool, ensure_ray
@@ -54,9 +55,7 @@ class EncoderWorker:
     def __init__(
         self, model: str, conf: EncoderConf, threads: int | None, path: Path, model_name: str
     ) -> None:
-        self.encoder = SentenceEncoder(
-            resolve_encoder(model), device=conf.device, batch_size=conf.batch_size, threads=threads
-        )
+        self.encoder = build_encoder(model, conf, threads)
         self.path, self.model_name = path, model_name
 
     def __call__(self, rows: pa.Table) -> pa.Table:
@@ -115,11 +114,14 @@ def pending_inputs(conf: Config) -> pa.Table | ray.data.Dataset:
     return knowledge.without(rows, done, KEYS[:3])
 
 
-def _portable_model(model: str) -> str:
+def _portable_model(model: str, engine: str) -> str:
     """The model name a Ray worker can resolve: absolute path, since its cwd may differ.
 
-    Resolving here first also fails a bad name before any actor starts.
+    Resolving here first also fails a bad name before any actor starts. A plug-in
+    engine's model may be a remote name: it is passed on as configured.
     """
+    if engine != "sentence-transformers":
+        return model
     try:
         path = resolve_encoder(model)
     except EncoderError as e:
@@ -149,7 +151,7 @@ def run(conf: Config, run_id: str) -> EncodeResult:
     parts to `embeddings` in chunks (a crash loses at most the uncommitted ones)."""
     started = time.monotonic()
     path = conf.table_path("embeddings")
-    model = _portable_model(conf.encoder.model)
+    model = _portable_model(conf.encoder.model, conf.encoder.engine)
     pending = pending_inputs(conf)
     enc = conf.encoder
     if isinstance(pending, pa.Table):

@@ -38,7 +38,8 @@ import ray.data
 
 from jobs import knowledge, tables
 from jobs.config import Config, ConfigError, GenerateConf, LLMConf, Status
-from jobs.llm import Engine, Generation, build_engine, resolve_model
+from jobs.llm import Engine, Generation, build_engine
+from jobs.llm.base import engine_model_dir
 from jobs.llm.checks import NEVER_USABLE, AnswerChecks
 from jobs.llm.model import BUNDLED_PREFIX
 from jobs.ray_data import actor_pool, ensure_ray
@@ -165,7 +166,7 @@ class GenerationWorker:
             # to cores and, given that variable, keeps that many torch threads on them: on CPU
             # hosts they spin against each other (bench/generation.py: 0.81 of a bare engine).
             os.environ.pop("OMP_NUM_THREADS", None)
-        self.engine = build_engine(llm, resolve_model(llm.model, cache_dir), gen.torch_threads)
+        self.engine = build_engine(llm, engine_model_dir(llm, cache_dir), gen.torch_threads)
         self.checks = AnswerChecks.from_conf(gen)
         self.load_seconds = time.monotonic() - started
         self.ready_at = time.time()  # wall clock: comparable across actors and the driver

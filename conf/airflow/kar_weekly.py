@@ -2,6 +2,7 @@
 
     prepare (spark-submit) -> generate_encode (ray job) -> adapt (ray job)
         -> publish (ray job: kar publish --online) -> report (ray job: kar report)
+        -> maintain (ray job: kar maintain)
 
 Each stage skips work whose inputs did not change, so a retried or re-run task
 is safe. The deployment is described by environment variables of the Airflow
@@ -79,5 +80,7 @@ with DAG(
     publish = BashOperator(task_id="publish", bash_command=ray_job(stage("publish.py", "--online")))
     # The run report, from the tables, beside them (<run.output_dir>/reports/<run_id>/).
     report = BashOperator(task_id="report", bash_command=ray_job(stage("report.py")))
+    # Last: compact the small files the stages appended, vacuum files no version needs.
+    maintain = BashOperator(task_id="maintain", bash_command=ray_job(stage("maintain.py")))
 
-    prepare >> generate_encode >> adapt >> publish >> report
+    prepare >> generate_encode >> adapt >> publish >> report >> maintain
