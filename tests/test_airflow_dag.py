@@ -81,6 +81,7 @@ def test_dag_loads_with_spark_then_ray_stages(dag_info: dict):
         "adapt": ("BashOperator", ["generate_encode"]),
         "publish": ("BashOperator", ["adapt"]),
         "report": ("BashOperator", ["publish"]),
+        "maintain": ("BashOperator", ["report"]),
     }
 
 
@@ -95,7 +96,7 @@ def test_spark_submit_command_from_the_real_hook(dag_info: dict):
 def test_ray_jobs_run_existing_stage_scripts_with_valid_arguments(dag_info: dict):
     parser = cli.build_parser()
     stages = []
-    for task_id in ("generate_encode", "adapt", "publish", "report"):
+    for task_id in ("generate_encode", "adapt", "publish", "report", "maintain"):
         # As bash will split it: the whole chain must reach Ray as one entrypoint.
         *submit, dashdash, entrypoint = shlex.split(dag_info["tasks"][task_id]["bash"])
         assert submit == [
@@ -110,7 +111,7 @@ def test_ray_jobs_run_existing_stage_scripts_with_valid_arguments(dag_info: dict
             parsed = parser.parse_args([stage, *args])  # exits (fails the test) on a bad flag
             load_config(ROOT / parsed.conf, parsed.overrides)
             stages.append(stage)
-    assert stages == ["generate", "encode", "adapt", "publish", "report"]
+    assert stages == ["generate", "encode", "adapt", "publish", "report", "maintain"]
 
 
 def test_cron_example_runs_on_the_dag_schedule(dag_info: dict):
