@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -116,6 +116,33 @@ def dataset(
     return ds.map_batches(
         conform, fn_args=(wanted, path.name), batch_format="pyarrow", batch_size=None
     )
+
+
+def scan(
+    path: Path,
+    schema: pa.Schema,
+    version: int | None = None,
+    columns: Sequence[str] | None = None,
+    where: pc.Expression | None = None,
+    batch_rows: int = 65_536,
+) -> Iterator[pa.Table]:
+    """A Delta snapshot batch by batch in this process (a pyarrow dataset scan, `where`
+    pushed down); nothing if the table does not exist.
+
+    One process, bounded memory: for readers that keep a bounded part of a table (a
+    sample, the rows of some ids, counts) or hand each batch on (publish). Work that
+    touches every row at scale goes through `dataset` instead.
+    """
+    wanted = pa.schema([schema.field(c) for c in (columns or schema.names)])
+    table = open_table(path, version)
+    if table is None:
+        return
+    scanner = table.to_pyarrow_dataset().scanner(
+        columns=wanted.names, filter=where, batch_size=batch_rows
+    )
+    for batch in scanner.to_batches():
+        if batch.num_rows:
+            yield conform(pa.Table.from_batches([batch]), wanted, path.name)
 
 
 def count(path: Path, version: int | None = None) -> int:
