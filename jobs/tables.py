@@ -126,23 +126,29 @@ def scan(
     where: pc.Expression | None = None,
     batch_rows: int = 65_536,
 ) -> Iterator[pa.Table]:
-    """A Delta snapshot batch by batch in this process (a pyarrow dataset scan, `where`
-    pushed down); nothing if the table does not exist.
+    """`columns` of a Delta snapshot's rows matching `where`, batch by batch in this process
+    (a pyarrow dataset scan); nothing if the table does not exist.
 
     One process, bounded memory: for readers that keep a bounded part of a table (a
     sample, the rows of some ids, counts) or hand each batch on (publish). Work that
-    touches every row at scale goes through `dataset` instead.
+    touches every row at scale goes through `dataset` instead. `where` is applied to each
+    batch, not pushed into the scan: files a delta-rs MERGE wrote store strings as
+    string_view, which pyarrow's statistics pruning cannot compare with a string literal.
     """
     wanted = pa.schema([schema.field(c) for c in (columns or schema.names)])
     table = open_table(path, version)
     if table is None:
         return
-    scanner = table.to_pyarrow_dataset().scanner(
-        columns=wanted.names, filter=where, batch_size=batch_rows
-    )
+    text = "" if where is None else str(where)
+    named = [f.name for f in schema if f.name not in wanted.names and f.name in text]
+    read = pa.schema([*wanted, *(schema.field(n) for n in named)])
+    scanner = table.to_pyarrow_dataset().scanner(columns=read.names, batch_size=batch_rows)
     for batch in scanner.to_batches():
-        if batch.num_rows:
-            yield conform(pa.Table.from_batches([batch]), wanted, path.name)
+        rows = conform(pa.Table.from_batches([batch]), read, path.name)
+        if where is not None:
+            rows = rows.filter(where)
+        if rows.num_rows:
+            yield rows.select(wanted.names)
 
 
 def count(path: Path, version: int | None = None) -> int:
