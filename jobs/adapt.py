@@ -335,19 +335,31 @@ def input_fingerprint(conf: Config, versions: dict[str, int | None], samples_tot
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+# Commits that rewrite files without changing rows (the weekly compact and vacuum chores).
+_SAME_ROWS = {"OPTIMIZE", "VACUUM START", "VACUUM END"}
+
+
 def _published_metrics(path: Path, fingerprint: str) -> dict | None:
-    """The last version's metrics (and sample size) if it was built from `fingerprint`, else
-    None; from the last commit's metadata only (no vector is read)."""
-    if tables.commit_metadata(path, "input_fingerprint") != fingerprint:
+    """The live version's metrics (and sample size) if it was built from `fingerprint`,
+    else None; from the commit metadata of the adapt commit behind it (past compactions
+    and vacuums), so no vector is read."""
+    table = tables.open_table(path)
+    commit = next(
+        (c for c in (table.history() if table else []) if c.get("operation") not in _SAME_ROWS),
+        None,
+    )
+    if commit is None or commit.get("input_fingerprint") != fingerprint:
         return None
-    values = {k: tables.commit_metadata(path, k) for k in METRICS}
+    values = {k: commit.get(k) for k in METRICS}
     if any(v is None for v in values.values()):
         log.warning("vectors at %s lack metrics in their last commit; retraining", path)
         return None
     out: dict = {k: float(v) for k, v in values.items()}
-    rows, sampled = (tables.commit_metadata(path, k) for k in ("train_rows", "train_sampled"))
-    if rows is not None:
-        out |= {"train_rows": int(rows), "sampled": sampled == "True"}
+    if commit.get("train_rows") is not None:
+        out |= {
+            "train_rows": int(commit["train_rows"]),
+            "sampled": commit["train_sampled"] == "True",
+        }
     return out
 
 

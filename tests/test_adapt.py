@@ -313,9 +313,14 @@ def test_adapt_trains_on_a_bounded_seeded_sample_and_records_it(make_config):
     again = adapt.run(conf, "run-2")
     assert again.skipped and (again.train_rows, again.sampled) == (150, True)
 
-    whole = adapt.run(make_config("adapt.epochs=1", "adapt.gate.enabled=false"), "run-3")
+    unsampled = make_config("adapt.epochs=1", "adapt.gate.enabled=false")
+    whole = adapt.run(unsampled, "run-3")
     assert (whole.train_rows, whole.sampled) == (total, False)
     assert tables.commit_metadata(path, "train_sampled") == "False"
+    # The weekly vacuum commits too; the decision is still read from adapt's commit.
+    assert tables.vacuum(path, retention_hours=0)
+    assert tables.version(path) > whole.vectors_version
+    assert adapt.run(unsampled, "run-4").skipped
 
 
 def test_distributed_export_writes_the_same_vectors_as_the_arrow_path(make_config, ray_local):
