@@ -142,7 +142,11 @@ def scan(
     text = "" if where is None else str(where)
     named = [f.name for f in schema if f.name not in wanted.names and f.name in text]
     read = pa.schema([*wanted, *(schema.field(n) for n in named)])
-    scanner = table.to_pyarrow_dataset().scanner(columns=read.names, batch_size=batch_rows)
+    # No read-ahead: by default pyarrow buffers 16 batches of 4 files, which alone outgrows
+    # a bounded sample.
+    scanner = table.to_pyarrow_dataset().scanner(
+        columns=read.names, batch_size=batch_rows, batch_readahead=0, fragment_readahead=0
+    )
     for batch in scanner.to_batches():
         rows = conform(pa.Table.from_batches([batch]), read, path.name)
         if where is not None:
