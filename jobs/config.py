@@ -380,6 +380,10 @@ class AdaptConf(_Section):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)
+    # Train (and gate) on at most this many CTR samples: a seeded sample of the prepared ones
+    # when there are more, so adapt's memory is bounded however many users there are. The
+    # default covers the embedded ML-100K run whole (not sampled).
+    max_train_rows: int = Field(default=2_000_000, gt=0)
     device: str = "cpu"
     gate: GateConf = Field(default_factory=GateConf)
 
@@ -414,6 +418,9 @@ class FeatureStoreConf(_Section):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     # Redis connection string "host:port[,password=...]" (online_store: redis).
     redis: str = "localhost:6379"
+    # `kar publish` streams the vectors version in batches of this many rows (into the
+    # offline feature tables' files and the online store), so its memory is bounded.
+    batch_rows: int = Field(default=50_000, gt=0)
 
 
 class Config(_Section):

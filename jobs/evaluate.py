@@ -23,6 +23,13 @@ whose texts need answers that `knowledge` lacks is skipped and the report says
 so. Outputs: report.md (mean ± std AUC / LogLoss and per-seed paired lifts),
 lift.png, results.json (every training run) under evaluate.out_dir; the encoder
 cache and the exported vectors under <run.output_dir>/evaluate.
+
+One process, by design: it is an offline quality study on the sampled benchmark
+data (data.sample.max_users / max_items), reading `samples`, `prompts`,
+`knowledge` and `attributes` whole and training every variant in memory. That is
+bounded by the sample the config draws, not by production traffic; it is not a
+stage of the weekly run, whose adapt stage samples its own training data
+(adapt.max_train_rows).
 """
 
 from __future__ import annotations

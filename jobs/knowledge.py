@@ -50,6 +50,25 @@ def read_usable(path: Path, columns: list[str]) -> pa.Table:
     return tables.conform(pa.table(rows), schema, "knowledge")
 
 
+def read_usable_of(
+    path: Path, columns: list[str], kind: str, ids: pa.Array, version: int | None = None
+) -> pa.Table:
+    """`read_usable` for the entities `ids` of `kind` only (at `version`, default latest).
+
+    A bounded read however large the table (a sample's users or items): scanned batch
+    by batch with the filter pushed down, keeping only the matching rows.
+    """
+    wanted = list(dict.fromkeys([*ENTITY, *ORDER, *columns]))
+    schema = pa.schema([schemas.KNOWLEDGE.field(c) for c in wanted])
+    where = (
+        (pc.field("usable") == pa.scalar(True))
+        & (pc.field("kind") == kind)
+        & pc.field("entity_id").isin(ids.cast(pa.string()))
+    )
+    batches = list(tables.scan(path, schemas.KNOWLEDGE, version, wanted, where))
+    return pa.concat_tables(batches) if batches else schema.empty_table()
+
+
 def read_keys(path: Path) -> pa.Table:
     """KEYS of every answer, usable or not (a bounded read: for small tables only)."""
     schema = pa.schema([schemas.KNOWLEDGE.field(k) for k in KEYS])

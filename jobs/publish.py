@@ -3,12 +3,19 @@
 Two steps. (1) The live version is appended to the feature tables
 `features_user` / `features_item` (one row per entity and vectors version,
 event_timestamp = the version's commit time), the offline store of the Feast
-repo in `conf/feast/`; a MERGE on (id, vectors_version) makes a rerun add
-nothing. (2) With `--online`, the repo is applied and that version is
-materialized into the online store (SQLite by default, Redis by config), where
+repo in `conf/feast/`. (2) With `--online`, the repo is applied and that version
+is written into the online store (SQLite by default, Redis by config), where
 ranking services read it with `get_online_features`. Feast has no per-key delete,
 so an entity absent from the new version keeps its old online row; every row
 carries `vectors_version`, which lets a service tell it is stale.
+
+Scale: both steps stream the vectors version in batches of feature_store.batch_rows
+(a pyarrow scan of the Delta snapshot); each batch becomes one Parquet file per
+feature table and one `write_to_online_store` call, and is then dropped, so memory
+does not grow with the entity count. The files are committed with one append per
+feature table that records the vectors version in its commit metadata; a table
+that already records it is skipped, so a rerun adds nothing (no MERGE, no read of
+the feature tables' rows).
 
     kar publish --conf conf/local.yaml --online
 """
@@ -21,7 +28,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -31,7 +37,7 @@ import pyarrow.compute as pc
 
 from jobs import faults, schemas, tables
 from jobs.config import Config, ConfigError
-from jobs.vectors import Snapshot, read, resolve
+from jobs.vectors import Snapshot, batches, resolve
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -56,18 +62,19 @@ class PublishResult:
     seconds: float
 
 
-def feature_rows(snapshot: Snapshot) -> dict[str, pa.Table]:
-    """Per feature table, that version's rows in its declared schema."""
-    rows = read(snapshot)
-    when = pa.array([snapshot.committed_at] * rows.num_rows, schemas.UTC_US)
-    version = pa.array([snapshot.version] * rows.num_rows, pa.int64())
+def feature_rows(snapshot: Snapshot, batch: pa.Table) -> dict[str, pa.Table]:
+    """Per feature table, the rows of one batch of `snapshot` (kind, entity_id, vector) in
+    its declared schema."""
+    n = batch.num_rows
+    when = pa.array([snapshot.committed_at] * n, schemas.UTC_US)
+    version = pa.array([snapshot.version] * n, pa.int64())
     out = {}
     for kind, name, schema, id_col, vec_col in FEATURE_TABLES:
-        keep = pc.equal(rows.column("kind"), kind)
+        keep = pc.equal(batch.column("kind"), kind)
         part = pa.table(
             {
-                id_col: rows.column("entity_id"),
-                vec_col: rows.column("vector"),
+                id_col: batch.column("entity_id"),
+                vec_col: batch.column("vector"),
                 "vectors_version": version,
                 "event_timestamp": when,
             }
@@ -76,18 +83,50 @@ def feature_rows(snapshot: Snapshot) -> dict[str, pa.Table]:
     return out
 
 
-def write_feature_tables(conf: Config, rows: dict[str, pa.Table], version: int) -> dict[str, int]:
-    """Append one version's rows to the feature tables (idempotent); returns Delta versions."""
-    return {
-        name: tables.insert_new(
-            conf.table_path(name),
-            rows[name],
-            schema,
-            keys=[id_col, "vectors_version"],
-            metadata={"vectors_version": str(version)},
-        )
-        for _, name, schema, id_col, _ in FEATURE_TABLES
+def _holds(path: Path, version: int) -> bool:
+    """Whether a commit of the feature table at `path` recorded vectors version `version`
+    (from the log's commit metadata: no row is read)."""
+    table = tables.open_table(path)
+    return table is not None and any(
+        c.get("vectors_version") == str(version) for c in table.history()
+    )
+
+
+def publish_batches(
+    conf: Config, snapshot: Snapshot, online: FeatureStore | None = None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Stream `snapshot` in batches of feature_store.batch_rows: each batch's rows become
+    one file per feature table that lacks this version, and (with `online`) are written to
+    the online store. The files are committed per table in one append at the end, with
+    the version in the commit metadata, so a rerun adds nothing and a killed run adds no
+    row. Returns (rows per feature table, their Delta versions); no batch is kept.
+    """
+    todo = {
+        name: not _holds(conf.table_path(name), snapshot.version) for _, name, *_ in FEATURE_TABLES
     }
+    parts: dict[str, list[dict]] = {name: [] for name in todo}
+    counts = dict.fromkeys(todo, 0)
+    columns = ["kind", "entity_id", "vector"]
+    for batch in batches(snapshot, columns, conf.feature_store.batch_rows):
+        rows = feature_rows(snapshot, batch)
+        for kind, name, schema, *_ in FEATURE_TABLES:
+            counts[name] += rows[name].num_rows
+            if not rows[name].num_rows:
+                continue
+            if todo[name]:
+                parts[name].append(tables.write_part(conf.table_path(name), rows[name], schema))
+            if online is not None:
+                online.write_to_online_store(f"kar_{kind}", rows[name].to_pandas())
+    versions = {}
+    for _, name, schema, *_ in FEATURE_TABLES:
+        path = conf.table_path(name)
+        if todo[name]:
+            metadata = {"vectors_version": str(snapshot.version)}
+            tables.commit_parts(path, parts[name], schema, metadata=metadata)
+        else:
+            log.info("%s already holds vectors version %d", name, snapshot.version)
+        versions[name] = tables.version(path)
+    return counts, versions
 
 
 def _repo_file(conf: Config) -> Path:
@@ -124,26 +163,18 @@ def feature_store(conf: Config) -> tuple[FeatureStore, ModuleType]:
     return store, module
 
 
-def materialize(conf: Config, snapshot: Snapshot) -> None:
-    """Apply the repo and load `snapshot` (the live version) into the online store."""
+def online_store(conf: Config) -> FeatureStore:
+    """The Feast store with the repo's definitions applied, ready for online writes."""
     store, definitions = feature_store(conf)
     store.apply(definitions.DEFINITIONS)
-    # Every row of this version carries its commit time; later versions are newer still.
-    start = snapshot.committed_at - timedelta(seconds=1)
-    store.materialize(start_date=start, end_date=datetime.now(UTC) + timedelta(seconds=1))
-    log.info(
-        "feature store: vectors version %d online (%s)",
-        snapshot.version,
-        conf.feature_store.online_store,
-    )
+    return store
 
 
 def run(conf: Config, online: bool = False) -> PublishResult:
     started = time.monotonic()
     snapshot = resolve(conf.table_path("vectors"))
-    rows = feature_rows(snapshot)
-    versions = write_feature_tables(conf, rows, snapshot.version)
-    counts = {name: table.num_rows for name, table in rows.items()}
+    # Offline first: a run killed before the online store has its feature tables written.
+    counts, versions = publish_batches(conf, snapshot)
     log.info(
         "feature tables hold vectors version %d (%d users, %d items)",
         snapshot.version,
@@ -152,7 +183,13 @@ def run(conf: Config, online: bool = False) -> PublishResult:
     )
     faults.point("publish:before-online")
     if online:
-        materialize(conf, snapshot)
+        store = online_store(conf)
+        publish_batches(conf, snapshot, online=store)
+        log.info(
+            "feature store: vectors version %d online (%s)",
+            snapshot.version,
+            conf.feature_store.online_store,
+        )
     return PublishResult(
         vectors_version=snapshot.version,
         users=counts["features_user"],

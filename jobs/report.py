@@ -17,6 +17,13 @@ jobs (Airflow). It lands beside the tables in
 Drift reads: unchanged entities should stay near 1 (the adaptor was retrained, the
 text was not); low cosine there means the adaptor, not the LLM, moved the vectors.
 
+One process, by design: it reads this run's rows of `runs` and `knowledge` (a
+filter on run_id: bounded by one run's work) and plots per-entity figures. Not
+bounded at 10^7+ entities: the knowledge ages (knowledge.live_ages) and the live
+and previous vectors versions (norms, drift) are read whole; at that scale they
+need a seeded sample of entities (as adapt's training) before this stays in one
+process.
+
     kar report --conf conf/local.yaml [--run-id ID]
 """
 

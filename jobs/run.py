@@ -65,6 +65,8 @@ def run(conf: Config, run_id: str | None = None) -> dict[str, Any]:
         "embeddings_written": enc.encoded,
         "vectors_published": not ad.skipped,
         "publish_gate": ad.gate,
+        # The CTR samples adapt trained on: all of them, or a seeded adapt.max_train_rows sample.
+        "adapt_samples": {"rows": ad.train_rows, "of": ad.samples_total, "sampled": ad.sampled},
         "as_of": conf.run.as_of.isoformat(),
         # Entities per refresh state (fresh/new/refreshed/stale) and the bootstrap prompts.
         "refresh": prep.refresh,

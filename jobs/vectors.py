@@ -13,6 +13,7 @@ as in Delta's `TIMESTAMP AS OF`).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -121,8 +122,21 @@ def previous(snapshot: Snapshot) -> Snapshot | None:
 
 
 def read(snapshot: Snapshot) -> pa.Table:
-    """The rows of that version, in the declared schema."""
+    """The rows of that version, in the declared schema (whole: for small tables, tests)."""
     return tables.read(snapshot.path, schemas.VECTORS, snapshot.version)
+
+
+def batches(
+    snapshot: Snapshot,
+    columns: list[str] | None = None,
+    batch_rows: int = 50_000,
+    where: pc.Expression | None = None,
+) -> Iterator[pa.Table]:
+    """`columns` of that version's rows (matching `where`) in batches of at most
+    `batch_rows`: a streamed read whose memory does not grow with the table."""
+    yield from tables.scan(
+        snapshot.path, schemas.VECTORS, snapshot.version, columns, where, batch_rows
+    )
 
 
 def parse_entity(text: str) -> tuple[str, str]:
@@ -133,26 +147,41 @@ def parse_entity(text: str) -> tuple[str, str]:
 
 
 def describe(snapshot: Snapshot, entities: list[str] | None = None) -> dict[str, Any]:
-    """What `kar vectors` prints: version, commit time, counts, models, asked-for vectors."""
-    rows = read(snapshot)
-    kinds = rows.column("kind")
+    """What `kar vectors` prints: version, commit time, counts, models, asked-for vectors.
+
+    Streamed batch by batch: counts and the (few) distinct ids and models are kept, and
+    vectors only for the asked-for entities.
+    """
+    columns = ["version_id", "kind", "dim", "llm_model", "encoder_model"]
+    seen: dict[str, set] = {c: set() for c in columns}
+    kinds = {k: 0 for k in schemas.KINDS}
+    for batch in batches(snapshot, columns):
+        for column in columns:
+            seen[column] |= set(pc.unique(batch.column(column)).to_pylist())
+        counts = batch.group_by("kind").aggregate([("kind", "count")]).to_pylist()
+        for row in counts:
+            kinds[row["kind"]] = kinds.get(row["kind"], 0) + row["kind_count"]
     out: dict[str, Any] = {
         "path": str(snapshot.path.resolve()),
         "version": snapshot.version,
         "committed_at": snapshot.committed_at.isoformat(),
-        "version_ids": sorted(set(rows.column("version_id").to_pylist())),
-        "users": pc.sum(pc.equal(kinds, "user")).as_py() or 0,
-        "items": pc.sum(pc.equal(kinds, "item")).as_py() or 0,
-        "dims": sorted(set(rows.column("dim").to_pylist())),
-        "llm_models": sorted(set(rows.column("llm_model").to_pylist())),
-        "encoder_models": sorted(set(rows.column("encoder_model").to_pylist())),
+        "version_ids": sorted(seen["version_id"]),
+        "users": kinds["user"],
+        "items": kinds["item"],
+        "dims": sorted(seen["dim"]),
+        "llm_models": sorted(seen["llm_model"]),
+        "encoder_models": sorted(seen["encoder_model"]),
         "commit": snapshot.metadata,
     }
     if entities:
         wanted = {parse_entity(e) for e in entities}
+        ids = pa.array(sorted({i for _, i in wanted}), pa.string())
         found = {
             f"{r['kind']}:{r['entity_id']}": r["vector"]
-            for r in rows.select(["kind", "entity_id", "vector"]).to_pylist()
+            for batch in batches(
+                snapshot, ["kind", "entity_id", "vector"], where=pc.field("entity_id").isin(ids)
+            )
+            for r in batch.to_pylist()
             if (r["kind"], r["entity_id"]) in wanted
         }
         out["vectors"] = {f"{k}:{i}": found.get(f"{k}:{i}") for k, i in sorted(wanted)}

@@ -276,3 +276,79 @@ def test_no_training_sample_is_inside_its_users_prompt(make_config, spark, ml100
             assert f'"{titles[s["item_id"]]}"' not in prompt["prompt"]
             checked += 1
         assert checked > 100
+
+
+def test_adapt_trains_on_a_bounded_seeded_sample_and_records_it(make_config):
+    conf = make_config("adapt.epochs=1", "adapt.max_train_rows=150")
+    write_inputs(conf)
+    path, samples_path = conf.table_path("vectors"), conf.table_path("samples")
+    total = tables.count(samples_path)
+    assert total == N_USERS * PER_USER // 2 > 150
+
+    version = tables.version(samples_path)
+    sample = adapt.train_sample(conf, samples_path, version)
+    assert sample.sampled and sample.total == total and sample.rows.num_rows == 150
+    # The same seed draws the same samples; another seed others.
+    assert adapt.train_sample(conf, samples_path, version).rows.equals(sample.rows)
+    other = adapt.train_sample(
+        make_config("adapt.max_train_rows=150", "run.seed=7"), samples_path, 0
+    )
+    assert not other.rows.equals(sample.rows)
+    everything = {
+        (r["user_id"], r["position"])
+        for r in tables.read(samples_path, schemas.SAMPLES).to_pylist()
+    }
+    drawn = {(r["user_id"], r["position"]) for r in sample.rows.to_pylist()}
+    assert len(drawn) == 150 and drawn <= everything
+
+    result = adapt.run(conf, "run-1")
+    assert not result.skipped
+    assert (result.train_rows, result.samples_total, result.sampled) == (150, total, True)
+    assert tables.commit_metadata(path, "train_rows") == "150"
+    assert tables.commit_metadata(path, "train_sampled") == "True"
+    assert tables.commit_metadata(path, "samples_total") == str(total)
+    # Every entity still gets its vector, sampled or not.
+    assert result.vectors_written == N_USERS + N_ITEMS - 1
+
+    again = adapt.run(conf, "run-2")
+    assert again.skipped and (again.train_rows, again.sampled) == (150, True)
+
+    unsampled = make_config("adapt.epochs=1", "adapt.gate.enabled=false")
+    whole = adapt.run(unsampled, "run-3")
+    assert (whole.train_rows, whole.sampled) == (total, False)
+    assert tables.commit_metadata(path, "train_sampled") == "False"
+    # The weekly vacuum commits too; the decision is still read from adapt's commit.
+    assert tables.vacuum(path, retention_hours=0)
+    assert tables.version(path) > whole.vectors_version
+    assert adapt.run(unsampled, "run-4").skipped
+
+
+def test_distributed_export_writes_the_same_vectors_as_the_arrow_path(make_config, ray_local):
+    import pyarrow.parquet as pq
+
+    conf = make_config("adapt.epochs=1")
+    write_inputs(conf)
+    path = conf.table_path("vectors")
+    adapt.run(conf, "run-1")  # small tables: the Arrow path
+    arrow_rows = tables.read(path, schemas.VECTORS)
+
+    adaptor = HybridExpertAdaptor.load(adapt.adaptor_checkpoint(conf, "run-1"))
+    versions, _ = adapt._versions(conf)
+    input_fp = arrow_rows.column("input_fingerprint")[0].as_py()
+    forced = make_config("adapt.epochs=1", "ray.local_rows=0")
+    parts = adapt.export_vectors(forced, adaptor, versions, "run-1", input_fp)
+    assert sum(p["rows"] for p in parts) == arrow_rows.num_rows
+    ray_rows = pa.concat_tables(pq.read_table(path / p["file"]) for p in parts)
+
+    def by_key(rows: pa.Table) -> dict:
+        return {(r["kind"], r["entity_id"]): r for r in rows.to_pylist()}
+
+    expected, got = by_key(arrow_rows), by_key(ray_rows)
+    assert got.keys() == expected.keys() and ("item", "i29") not in got
+    for key, row in got.items():
+        want = expected[key]
+        for column in schemas.VECTORS.names:
+            if column == "vector":
+                np.testing.assert_allclose(row["vector"], want["vector"], rtol=1e-5, atol=1e-6)
+            elif column != "created_at":
+                assert row[column] == want[column], (key, column)

@@ -99,3 +99,22 @@ def test_publish_online_redis_round_trip(make_config, redis_server):
     assert redis.Redis(host=host, port=int(port)).dbsize() == N_USERS + N_ITEMS
     assert not (conf.run.output_dir / "feast" / "online.db").exists()
     assert_online_equals_delta(conf)
+
+
+def test_publish_in_small_batches_fills_the_online_store_completely(make_config):
+    """Seven rows at a time: every batch is its own file and online write, and together they
+    hold the whole version; one commit per feature table, and a rerun adds nothing."""
+    conf = make_config("feature_store.batch_rows=7")
+    publish_vectors(conf, seed=4)
+    result = publish.run(conf, online=True)
+    assert (result.users, result.items) == (N_USERS, N_ITEMS)
+    assert_online_equals_delta(conf)
+    users = DeltaTable(str(conf.table_path("features_user")))
+    assert users.version() == 0 and len(users.file_uris()) >= N_USERS // 7
+    assert users.to_pyarrow_table().num_rows == N_USERS
+    assert users.history(1)[0]["vectors_version"] == str(result.vectors_version)
+
+    again = publish.run(conf, online=True)
+    assert again.feature_table_versions == result.feature_table_versions
+    assert DeltaTable(str(conf.table_path("features_item"))).to_pyarrow_table().num_rows == N_ITEMS
+    assert_online_equals_delta(conf)
