@@ -92,6 +92,25 @@ def read(path: Path, schema: pa.Schema, version: int | None = None) -> pa.Table:
     return conform(pa.table(table.to_pyarrow_table()), schema, path.name)
 
 
+def _with_filter_columns(
+    schema: pa.Schema, wanted: pa.Schema, where: pc.Expression | None
+) -> pa.Schema:
+    """`wanted` plus the columns of `schema` that `where` names: a filter applied to each
+    batch after reading needs them, the caller does not."""
+    text = "" if where is None else str(where)
+    named = [f.name for f in schema if f.name not in wanted.names and f.name in text]
+    return pa.schema([*wanted, *(schema.field(n) for n in named)])
+
+
+def _conform_filter(
+    batch: pa.Table, read: pa.Schema, wanted: list[str], where: pc.Expression | None, name: str
+) -> pa.Table:
+    rows = conform(batch, read, name)
+    if where is not None:
+        rows = rows.filter(where)
+    return rows.select(wanted)
+
+
 def dataset(
     path: Path,
     schema: pa.Schema,
@@ -101,9 +120,9 @@ def dataset(
 ) -> ray.data.Dataset:
     """A Delta snapshot as a Ray Dataset that workers read file by file (streamed).
 
-    `columns` of the declared `schema` (default all), rows matching `where` (pushed
-    down into the Parquet scan); empty with those columns if the table does not exist.
-    Ray must be started (jobs/ray_data.py).
+    `columns` of the declared `schema` (default all), rows matching `where`; empty with
+    those columns if the table does not exist. Ray must be started (jobs/ray_data.py).
+    `where` is applied to each batch, not pushed into the scan (see `scan`).
     """
     import ray.data
 
@@ -111,10 +130,13 @@ def dataset(
     table = open_table(path, version)
     if table is None or not table.file_uris():
         return ray.data.from_arrow(wanted.empty_table())
-    extra = {"filter": where} if where is not None else {}
-    ds = ray.data.read_delta(str(path), version=table.version(), columns=wanted.names, **extra)
+    read = _with_filter_columns(schema, wanted, where)
+    ds = ray.data.read_delta(str(path), version=table.version(), columns=read.names)
     return ds.map_batches(
-        conform, fn_args=(wanted, path.name), batch_format="pyarrow", batch_size=None
+        _conform_filter,
+        fn_args=(read, wanted.names, where, path.name),
+        batch_format="pyarrow",
+        batch_size=None,
     )
 
 
@@ -139,20 +161,16 @@ def scan(
     table = open_table(path, version)
     if table is None:
         return
-    text = "" if where is None else str(where)
-    named = [f.name for f in schema if f.name not in wanted.names and f.name in text]
-    read = pa.schema([*wanted, *(schema.field(n) for n in named)])
+    read = _with_filter_columns(schema, wanted, where)
     # No read-ahead: by default pyarrow buffers 16 batches of 4 files, which alone outgrows
     # a bounded sample.
     scanner = table.to_pyarrow_dataset().scanner(
         columns=read.names, batch_size=batch_rows, batch_readahead=0, fragment_readahead=0
     )
     for batch in scanner.to_batches():
-        rows = conform(pa.Table.from_batches([batch]), read, path.name)
-        if where is not None:
-            rows = rows.filter(where)
+        rows = _conform_filter(pa.Table.from_batches([batch]), read, wanted.names, where, path.name)
         if rows.num_rows:
-            yield rows.select(wanted.names)
+            yield rows
 
 
 def count(path: Path, version: int | None = None) -> int:
