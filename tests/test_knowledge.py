@@ -19,9 +19,10 @@ def _write(path, rows) -> None:
     tables.overwrite(path, knowledge_table(rows), schemas.KNOWLEDGE)
 
 
-def test_current_prefers_the_latest_cutoff_then_production_over_kars_cut(tmp_path):
+def _ordering_cases() -> list[dict]:
+    """Rows that exercise every tie-breaker of knowledge.ORDER (current: prod, new, now, good)."""
     week = timedelta(days=7)
-    rows = [
+    return [
         # One cutoff, two windows (a first run with its bootstrap prompt): production wins.
         knowledge_row("user", "u1", fingerprint="boot", window="evaluation", as_of=T - week),
         knowledge_row("user", "u1", fingerprint="prod", window="production", as_of=T - week),
@@ -34,8 +35,11 @@ def test_current_prefers_the_latest_cutoff_then_production_over_kars_cut(tmp_pat
         knowledge_row("user", "u4", fingerprint="bad", usable=False, as_of=T),
         knowledge_row("user", "u4", fingerprint="good", as_of=T - week),
     ]
+
+
+def test_current_prefers_the_latest_cutoff_then_production_over_kars_cut(tmp_path):
     path = tmp_path / "knowledge"
-    _write(path, rows)
+    _write(path, _ordering_cases())
     live = knowledge.current(knowledge.read_usable(path, []))
     got = dict(zip(live["entity_id"].to_pylist(), live["fingerprint"].to_pylist(), strict=True))
     assert got == {"u1": "prod", "u2": "new", "u3": "now", "u4": "good"}
@@ -44,16 +48,8 @@ def test_current_prefers_the_latest_cutoff_then_production_over_kars_cut(tmp_pat
 def test_the_streamed_rules_agree_with_the_arrow_ones(tmp_path, ray_local):
     """current_stream (Ray Data shuffles) picks what `current` picks, per entity and per
     window; `without` leaves out exactly the done keys."""
-    week = timedelta(days=7)
     rows = [
-        knowledge_row("user", "u1", fingerprint="boot", window="evaluation", as_of=T - week),
-        knowledge_row("user", "u1", fingerprint="prod", window="production", as_of=T - week),
-        knowledge_row("user", "u2", fingerprint="new", as_of=T, generated_at=T),
-        knowledge_row("user", "u2", fingerprint="old", as_of=T - week, generated_at=T + week),
-        knowledge_row("user", "u3", fingerprint="legacy", as_of=None, generated_at=T + week),
-        knowledge_row("user", "u3", fingerprint="now", as_of=T - week),
-        knowledge_row("user", "u4", fingerprint="bad", usable=False, as_of=T),
-        knowledge_row("user", "u4", fingerprint="good", as_of=T - week),
+        *_ordering_cases(),
         knowledge_row("item", "u1", fingerprint="item", window=None, as_of=None),
     ]
     path = tmp_path / "knowledge"
