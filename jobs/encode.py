@@ -29,7 +29,7 @@ from encoders.inputs import encoder_input
 from encoders.sentence import BUNDLED_PREFIX, EncoderError, resolve_encoder
 from jobs import faults, knowledge, tables
 from jobs.config import Config, ConfigError, EncoderConf
-from jobs.ray_data import actor_pool, ensure_ray
+from jobs.ray_data import actor_pool, blocks, ensure_ray
 from jobs.schemas import EMBEDDINGS
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,9 @@ def run(conf: Config, run_id: str) -> EncodeResult:
         if pending.num_rows == 0:
             return EncodeResult(0, time.monotonic() - started, tables.version(path))
         ensure_ray(conf.ray)
-        pending = ray.data.from_arrow(pending)
+        pending = blocks(pending, enc.commit_rows)
+    else:
+        pending = pending.repartition(target_num_rows_per_block=enc.commit_rows)
     committer = tables.PartCommitter(
         path,
         EMBEDDINGS,
@@ -169,7 +171,7 @@ def run(conf: Config, run_id: str) -> EncodeResult:
     )
     # A task's output reaches the driver when the task ends: blocks of commit_rows inputs
     # make each task one commit's worth, so commits (and a kill's loss) stay that size.
-    parts = pending.repartition(target_num_rows_per_block=enc.commit_rows).map_batches(
+    parts = pending.map_batches(
         EncoderWorker,
         fn_constructor_args=(model, enc, enc.pool.torch_threads, path, enc.model),
         batch_size=enc.batch_size,

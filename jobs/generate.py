@@ -42,7 +42,7 @@ from jobs.llm import Engine, Generation, build_engine
 from jobs.llm.base import engine_model_dir
 from jobs.llm.checks import NEVER_USABLE, AnswerChecks
 from jobs.llm.model import BUNDLED_PREFIX
-from jobs.ray_data import actor_pool, ensure_ray
+from jobs.ray_data import actor_pool, blocks, ensure_ray
 from jobs.schemas import KINDS, KNOWLEDGE, PROMPTS, SAMPLES
 
 log = logging.getLogger(__name__)
@@ -363,7 +363,7 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
             return result
         _check_model(set(pc.unique(pending.column("model_id")).to_pylist()), conf.llm)
         ensure_ray(conf.ray)
-        pending = ray.data.from_arrow(pending)
+        pending = blocks(pending, conf.generate.commit_rows)
     else:
         log.info("generate (%s): %d prompts selected", selection.describe(), total)
         if total == 0:
@@ -371,6 +371,7 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
             return result
         # Distinct models of the pending stream: a bounded aggregate.
         _check_model(set(pending.unique("model_id")), conf.llm)
+        pending = pending.repartition(target_num_rows_per_block=conf.generate.commit_rows)
     tables.evolve(knowledge_path, KNOWLEDGE)
 
     committer = tables.PartCommitter(
@@ -383,7 +384,7 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
     gen = conf.generate
     # A task's output reaches the driver when the task ends: blocks of commit_rows prompts
     # make each task one commit's worth, so commits (and a kill's loss) stay that size.
-    parts = pending.repartition(target_num_rows_per_block=gen.commit_rows).map_batches(
+    parts = pending.map_batches(
         GenerationWorker,
         fn_constructor_args=(
             _engine_conf(conf.llm),

@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any
 
+import pyarrow as pa
 import ray
 import ray.data
 
@@ -45,6 +46,17 @@ def ensure_ray(conf: RayConf) -> None:
     # interactive runs (they go to stderr) but its verbose execution plan does not.
     context.print_on_execution_start = False
     log.info("ray ready: %s", ray.cluster_resources())
+
+
+def blocks(table: pa.Table, rows: int) -> ray.data.Dataset:
+    """A small in-driver table (the Arrow path of a stage) as a Dataset of `rows`-row blocks.
+
+    Split here rather than by a Ray Data repartition: that is a task, and a task needs a CPU
+    that a model pool reserving every CPU of the cluster would never free.
+    """
+    return ray.data.from_arrow(
+        [table.slice(start, rows) for start in range(0, table.num_rows, rows)] or [table]
+    )
 
 
 def actor_pool(pool: PoolConf, in_flight: int = 1) -> dict[str, Any]:
