@@ -76,7 +76,7 @@ run: setup
 
 test: setup vllm airflow redis
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 e2e: setup vllm airflow redis
 	$(BIN)/pytest -q -m e2e

@@ -213,8 +213,10 @@ def test_tables_are_committed_from_files_spark_tasks_wrote(spark, ml100k, make_c
             written = pq.read_schema(conf.table_path(name) / file).remove_metadata()
             assert written.equals(schemas.TABLES[name]), name
     # One file per Spark partition: the driver committed the tasks' files, it wrote none.
+    # (prompts are deduplicated by key first, a shuffle Spark may coalesce to one partition
+    # on data this small, so only the samples' count of files is certain here.)
     samples = _files(conf, "samples")
-    assert len(samples) > 1 and len(_files(conf, "prompts")) > 1
+    assert len(samples) > 1 and len(_files(conf, "prompts")) >= 1
 
     # Unchanged input: the same pending set is written again, the samples are kept as they were.
     second = prepare.run(conf, "r2", spark)
