@@ -169,8 +169,8 @@ def run(conf: Config, run_id: str) -> EncodeResult:
         metadata={"run_id": run_id, "encoder_model": enc.model},
         after=_committed,
     )
-    # A task's output reaches the driver when the task ends: blocks of commit_rows inputs
-    # make each task one commit's worth, so commits (and a kill's loss) stay that size.
+    # `pending` comes in blocks of commit_rows inputs (above): a task's output reaches the
+    # driver when the task ends, so each task is one commit's worth (and a kill's loss).
     parts = pending.map_batches(
         EncoderWorker,
         fn_constructor_args=(model, enc, enc.pool.torch_threads, path, enc.model),

@@ -219,12 +219,18 @@ def _active_since(conf: Config, since: datetime) -> ray.data.Dataset:
             f"--since needs the samples table at {path}; "
             f"run `kar prepare` with the same config first"
         )
+    ensure_ray(conf.ray)  # a Ray Dataset: the samples table grows with interactions
     recent = pc.field("timestamp") >= int(since.timestamp())
     samples = tables.dataset(path, SAMPLES, columns=["user_id", "item_id"], where=recent)
 
     def entities(batch: pa.Table) -> pa.Table:
         return pa.concat_tables(
-            pa.table({"kind": [kind] * batch.num_rows, "entity_id": batch.column(f"{kind}_id")})
+            pa.table(
+                {
+                    "kind": pa.array([kind] * batch.num_rows, pa.string()),
+                    "entity_id": batch.column(f"{kind}_id").cast(pa.string()),
+                }
+            )
             for kind in KINDS
         )
 
@@ -261,7 +267,16 @@ def pending_prompts(
     if total + tables.count(knowledge_path) <= conf.ray.local_rows:
         prompts = _select(tables.read(prompts_path, PROMPTS, version), selection)
         if selection.since is not None:
-            active = pa.concat_tables(ray.get(_active_since(conf, selection.since).to_arrow_refs()))
+            # Ray Data may hand back empty blocks without columns: only rows are concatenated.
+            refs = _active_since(conf, selection.since).to_arrow_refs()
+            found = [block for block in ray.get(refs) if block.num_rows]
+            active = (
+                pa.concat_tables(found)
+                if found
+                else pa.table(
+                    {"kind": pa.array([], pa.string()), "entity_id": pa.array([], pa.string())}
+                )
+            )
             prompts = prompts.join(active, knowledge.ENTITY, join_type="left semi")
         total = prompts.num_rows
         # One answer per key even if the table repeats a prompt (prepare writes each once:
@@ -382,8 +397,8 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
         after=lambda v: log.info("knowledge: committed answers (version %d)", v),
     )
     gen = conf.generate
-    # A task's output reaches the driver when the task ends: blocks of commit_rows prompts
-    # make each task one commit's worth, so commits (and a kill's loss) stay that size.
+    # `pending` comes in blocks of commit_rows prompts (above): a task's output reaches the
+    # driver when the task ends, so each task is one commit's worth (and a kill's loss).
     parts = pending.map_batches(
         GenerationWorker,
         fn_constructor_args=(

@@ -16,13 +16,20 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from table_rows import knowledge_row, knowledge_table, prompt_row, prompts_table
+from table_rows import (
+    knowledge_row,
+    knowledge_table,
+    prompt_row,
+    prompts_table,
+    sample_row,
+    table_of,
+)
 
 from factors import prompts as templates
 from factors.sets import load
 from jobs import generate, tables
 from jobs.config import Config, ConfigError
-from jobs.schemas import KNOWLEDGE, PROMPTS
+from jobs.schemas import KNOWLEDGE, PROMPTS, SAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = [
@@ -369,3 +376,23 @@ def test_kill_9_of_a_generation_actor_midway_restarts_it_and_loses_nothing(
     knowledge = tables.read(knowledge_path, KNOWLEDGE)
     counts = Counter(_keys(knowledge))
     assert set(counts) == set(_keys(prompts)) and max(counts.values()) == 1
+
+
+def test_since_selects_the_entities_active_since_that_day(make_config, ray_local) -> None:
+    """`--since`: prompts of users and items with a sample at or after the day, per `samples`
+    (read as a Ray Dataset: that table grows with interactions)."""
+    conf = make_config()
+    rows = [prompt_row("user", u) for u in ("u1", "u2")] + [prompt_row("item", "i1")]
+    tables.overwrite(conf.table_path("prompts"), prompts_table(rows), PROMPTS)
+    day = datetime(2026, 11, 1, tzinfo=UTC)
+    samples = [
+        sample_row("u1", "i1", timestamp=int(day.timestamp()) + 60),  # on the day
+        sample_row("u2", "i9", timestamp=int(day.timestamp()) - 60),  # the day before
+    ]
+    tables.overwrite(conf.table_path("samples"), table_of("samples", samples), SAMPLES)
+
+    total, pending = generate.pending_prompts(conf, generate.Selection(since=day))
+
+    kinds, ids = pending.column("kind").to_pylist(), pending.column("entity_id").to_pylist()
+    got = sorted(zip(kinds, ids, strict=True))
+    assert (total, got) == (2, [("item", "i1"), ("user", "u1")])
