@@ -509,7 +509,7 @@ def export_vectors(
     else:
         import ray.data
 
-        from jobs.ray_data import ensure_ray
+        from jobs.ray_data import ensure_ray, outputs
 
         ensure_ray(conf.ray)
         parts = export_stream(conf, versions["embeddings"]).map_batches(
@@ -520,7 +520,7 @@ def export_vectors(
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=knowledge.partitions()),
             num_cpus=1,
         )
-        results = list(parts.iter_batches(batch_size=None, batch_format="pyarrow"))
+        results = list(outputs(parts))
     written = [p for r in results for p in r.to_pylist() if p["rows"]]
     missing = sum(pc.sum(r.column("missing")).as_py() or 0 for r in results)
     exported = sum(p["rows"] for p in written)

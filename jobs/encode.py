@@ -29,7 +29,7 @@ from encoders.inputs import encoder_input
 from encoders.sentence import BUNDLED_PREFIX, EncoderError, resolve_encoder
 from jobs import faults, knowledge, tables
 from jobs.config import Config, ConfigError, EncoderConf
-from jobs.ray_data import actor_pool, blocks, ensure_ray
+from jobs.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.schemas import EMBEDDINGS
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def run(conf: Config, run_id: str) -> EncodeResult:
     )
     done = truncated = 0
     busy = 0.0
-    for batch in parts.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in outputs(parts):
         for row in batch.to_pylist():
             committer.add(row)
             done += row["rows"]

@@ -42,7 +42,7 @@ from jobs.llm import Engine, Generation, build_engine
 from jobs.llm.base import engine_model_dir
 from jobs.llm.checks import NEVER_USABLE, AnswerChecks
 from jobs.llm.model import BUNDLED_PREFIX
-from jobs.ray_data import actor_pool, blocks, ensure_ray
+from jobs.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.schemas import KINDS, KNOWLEDGE, PROMPTS, SAMPLES
 
 log = logging.getLogger(__name__)
@@ -321,6 +321,19 @@ def token_batches(prompts: list[str], budget: int, max_new_tokens: int) -> list[
     return ranges
 
 
+def _by_length(rows: pa.Table) -> pa.Table:
+    """Rows sorted by kind, then prompt length: each engine batch pads its prompts to its
+    longest, and a block mixing short item prompts with long user prompts pads the most.
+
+    The stream path cannot afford this global sort (a shuffle); its actors sort each batch.
+    """
+    order = pc.sort_indices(
+        pa.table({"kind": rows.column("kind"), "chars": pc.utf8_length(rows.column("prompt"))}),
+        sort_keys=[("kind", "ascending"), ("chars", "ascending")],
+    )
+    return rows.take(order)
+
+
 def _check_model(models: set[str], llm: LLMConf) -> None:
     """The pending prompts were prepared for this config's model."""
     if models - {llm.model}:
@@ -378,7 +391,7 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
             return result
         _check_model(set(pc.unique(pending.column("model_id")).to_pylist()), conf.llm)
         ensure_ray(conf.ray)
-        pending = blocks(pending, conf.generate.commit_rows)
+        pending = blocks(_by_length(pending), conf.generate.commit_rows)
     else:
         log.info("generate (%s): %d prompts selected", selection.describe(), total)
         if total == 0:
@@ -415,7 +428,7 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
     statuses: Counter[str] = Counter()
     loads: list[float] = []
     ready: list[float] = []
-    for batch in parts.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in outputs(parts):
         for row in batch.to_pylist():
             committer.add(row)
             result.prompts_generated += row["rows"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -74,3 +75,13 @@ def actor_pool(pool: PoolConf, in_flight: int = 1) -> dict[str, Any]:
         "max_restarts": pool.max_restarts,
         "max_task_retries": pool.max_restarts,
     }
+
+
+def outputs(ds: ray.data.Dataset) -> Iterator[pa.Table]:
+    """`ds`'s output blocks in the driver as each task finishes them, for the commit loops.
+
+    No prefetch: with Ray Data's default (one batch ahead) a finished block waits in the
+    iterator until the next one is ready too, so each commit would lag a whole block (a
+    run of two blocks committed both at its end, and a kill lost two blocks, not one).
+    """
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
