@@ -36,7 +36,8 @@ def build_encoder(model: str, conf: EncoderConf, threads: int | None = None) -> 
     or None. Import errors raise PluginError naming the path.
     """
     if conf.engine == "sentence-transformers":
-        from encoders.sentence import SentenceEncoder, resolve_encoder
+        from encoders.models import resolve_encoder
+        from encoders.sentence import SentenceEncoder
 
         return SentenceEncoder(
             resolve_encoder(model),

@@ -96,11 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stage(command: str, conf: Config, run_id: str) -> dict:
+    import importlib
     from dataclasses import asdict
 
-    from jobs import adapt, encode, generate, prepare
-
-    module = {"prepare": prepare, "generate": generate, "encode": encode, "adapt": adapt}[command]
+    # Only the stage that runs is imported: adapt's torch (~450 MB) stays out of the others.
+    module = importlib.import_module(f"jobs.{command}")
     return asdict(module.run(conf, run_id))
 
 

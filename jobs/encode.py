@@ -26,7 +26,7 @@ import ray.data
 
 from encoders import build_encoder
 from encoders.inputs import encoder_input
-from encoders.sentence import BUNDLED_PREFIX, EncoderError, resolve_encoder
+from encoders.models import BUNDLED_PREFIX, EncoderError, resolve_encoder
 from jobs import faults, knowledge, tables
 from jobs.config import Config, ConfigError, EncoderConf
 from jobs.ray_data import actor_pool, blocks, ensure_ray, outputs

@@ -201,7 +201,8 @@ class CachedEncoder:
         if path.is_file():
             return np.load(path)
         if self._encoder is None:
-            from encoders.sentence import SentenceEncoder, resolve_encoder
+            from encoders.models import resolve_encoder
+            from encoders.sentence import SentenceEncoder
 
             enc = self.conf.encoder
             self._encoder = SentenceEncoder(

@@ -11,7 +11,8 @@ import pytest
 from table_rows import knowledge_row, knowledge_table
 
 from encoders.inputs import encoder_input
-from encoders.sentence import SentenceEncoder, resolve_encoder
+from encoders.models import resolve_encoder
+from encoders.sentence import SentenceEncoder
 from jobs import encode, tables
 from jobs.config import Config, ConfigError
 from jobs.schemas import EMBEDDINGS, KNOWLEDGE

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from encoders.inputs import encoder_input
-from encoders.sentence import EncoderError, SentenceEncoder, resolve_encoder
+from encoders.models import EncoderError, resolve_encoder
+from encoders.sentence import SentenceEncoder
 
 BUNDLED = "bundled:all-MiniLM-L6-v2"
 HISTORY = (
