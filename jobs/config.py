@@ -423,6 +423,15 @@ class FeatureStoreConf(_Section):
     batch_rows: int = Field(default=50_000, gt=0)
 
 
+class ReportConf(_Section):
+    """The run report (`kar run`'s end, `kar report`): one process, bounded reads."""
+
+    # Per-entity figures (knowledge ages, vector norms, drift) come from a seeded sample of
+    # about this many entities at most, the same entities in every version; a table with
+    # fewer rows is read whole.
+    max_entities: int = Field(default=200_000, gt=0)
+
+
 class Config(_Section):
     run: RunConf = Field(default_factory=RunConf)
     data: DataConf = Field(default_factory=DataConf)
@@ -437,6 +446,7 @@ class Config(_Section):
     adapt: AdaptConf = Field(default_factory=AdaptConf)
     evaluate: EvaluateConf = Field(default_factory=EvaluateConf)
     feature_store: FeatureStoreConf = Field(default_factory=FeatureStoreConf)
+    report: ReportConf = Field(default_factory=ReportConf)
 
     def table_path(self, name: str) -> Path:
         """Where Delta table `name` lives for this run's output directory."""

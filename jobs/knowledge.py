@@ -90,9 +90,52 @@ def ages_days(rows: pa.Table, as_of: datetime) -> np.ndarray:
     return micros.to_numpy(zero_copy_only=False) / (SECONDS_PER_DAY * 1e6)
 
 
-def live_ages(path: Path, as_of: datetime) -> dict[str, np.ndarray]:
-    """kind -> age in days (ages_days) of each entity's current knowledge at `as_of`."""
-    live = current(read_usable(path, []))
+def entity_draws(rows: pa.Table, seed: int) -> np.ndarray:
+    """A seeded uniform draw in [0, 1) per row from its (kind, entity_id): the same entity
+    draws the same number in every table and version, so samples of entities line up."""
+    import polars as pl  # its string hash, vectorised (pyarrow.compute has none)
+
+    keys = pc.binary_join_element_wise(rows.column("kind"), rows.column("entity_id"), "\x1f")
+    hashed = pl.from_arrow(keys).hash(seed=seed).to_numpy()
+    return (hashed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def entity_sample(
+    path: Path,
+    schema: pa.Schema,
+    max_entities: int,
+    seed: int,
+    version: int | None = None,
+    columns: list[str] | None = None,
+    where: pc.Expression | None = None,
+) -> pa.Table:
+    """`columns` of the rows (matching `where`) of a seeded sample of entities: whole when
+    the table has at most `max_entities` rows, else a streamed scan keeping the rows whose
+    entity draws below max_entities / rows. A bounded read for one-process summaries (the
+    run report): about max_entities entities or fewer, the same ones on every read."""
+    total = tables.count(path, version)
+    fraction = max_entities / total if total else 1.0
+    wanted = list(columns or schema.names)
+    read = list(dict.fromkeys([*ENTITY, *wanted]))  # the draw needs the entity
+    kept = []
+    for batch in tables.scan(path, schema, version, read, where):
+        if fraction < 1.0:
+            batch = batch.filter(pa.array(entity_draws(batch, seed) < fraction))
+        kept.append(batch.select(wanted))
+    return (
+        pa.concat_tables(kept)
+        if kept
+        else pa.schema([schema.field(c) for c in wanted]).empty_table()
+    )
+
+
+def live_ages(path: Path, as_of: datetime, max_entities: int, seed: int) -> dict[str, np.ndarray]:
+    """kind -> age in days (ages_days) of the current knowledge at `as_of` of a seeded sample
+    of at most about `max_entities` entities (entity_sample: a bounded read)."""
+    columns = list(dict.fromkeys([*ENTITY, *ORDER]))
+    usable = pc.field("usable") == pa.scalar(True)
+    rows = entity_sample(path, schemas.KNOWLEDGE, max_entities, seed, None, columns, usable)
+    live = current(rows)
     return {
         kind: ages_days(live.filter(pc.equal(live.column("kind"), kind)), as_of)
         for kind in schemas.KINDS

@@ -17,12 +17,11 @@ jobs (Airflow). It lands beside the tables in
 Drift reads: unchanged entities should stay near 1 (the adaptor was retrained, the
 text was not); low cosine there means the adaptor, not the LLM, moved the vectors.
 
-One process, by design: it reads this run's rows of `runs` and `knowledge` (a
-filter on run_id: bounded by one run's work) and plots per-entity figures. Not
-bounded at 10^7+ entities: the knowledge ages (knowledge.live_ages) and the live
-and previous vectors versions (norms, drift) are read whole; at that scale they
-need a seeded sample of entities (as adapt's training) before this stays in one
-process.
+One process, by design, on bounded reads: this run's rows of `runs` and
+`knowledge` (a filter on run_id: one run's work), and for the per-entity figures
+(knowledge ages, norms, drift) a seeded sample of at most about
+`report.max_entities` entities (knowledge.entity_sample), the same entities in the
+live and the previous vectors version. Tables smaller than that are read whole.
 
     kar report --conf conf/local.yaml [--run-id ID]
 """
@@ -92,13 +91,20 @@ def _by_entity(rows: pa.Table) -> dict[tuple[str, str], tuple[str, np.ndarray]]:
     }
 
 
-def drift(live: vectors.Snapshot, live_rows: pa.Table) -> Drift:
-    """Cosines between the live version (`live_rows`, read once by the caller) and the
-    previous one, for entities present in both."""
+def sample(conf: Config, snapshot: vectors.Snapshot) -> pa.Table:
+    """The vectors of that version for the report's seeded sample of entities."""
+    return knowledge.entity_sample(
+        snapshot.path, schemas.VECTORS, conf.report.max_entities, conf.run.seed, snapshot.version
+    )
+
+
+def drift(conf: Config, live: vectors.Snapshot, live_rows: pa.Table) -> Drift:
+    """Cosines between the live version (`live_rows`, its sample read once by the caller)
+    and the previous one, for the sampled entities present in both."""
     before = vectors.previous(live)
     if before is None:
         return Drift(None, note="first published version: nothing to compare with")
-    old, new = _by_entity(vectors.read(before)), _by_entity(live_rows)
+    old, new = _by_entity(sample(conf, before)), _by_entity(live_rows)
     cosines: dict[str, dict[str, list[float]]] = {}
     for (kind, entity_id), (fingerprint, vec) in new.items():
         if (kind, entity_id) not in old:
@@ -124,17 +130,21 @@ def _norms(rows: pa.Table) -> dict[str, np.ndarray]:
 
 @dataclass
 class Ages:
-    """Age in days of each entity's live knowledge at the run's data cutoff."""
+    """Age in days of each (sampled) entity's live knowledge at the run's data cutoff."""
 
     as_of: datetime
     by_kind: dict[str, np.ndarray]
+    # report.max_entities when the knowledge table outgrew it and a sample was read.
+    sample_limit: int | None = None
 
 
 def knowledge_ages(conf: Config) -> Ages:
     """Ages at the cutoff the last prepare recorded (now, for tables of older releases)."""
     recorded = tables.commit_metadata(conf.table_path("prompts"), "as_of")
     as_of = datetime.fromisoformat(recorded) if recorded else datetime.now(UTC)
-    return Ages(as_of, knowledge.live_ages(conf.table_path("knowledge"), as_of))
+    path, limit = conf.table_path("knowledge"), conf.report.max_entities
+    ages = knowledge.live_ages(path, as_of, limit, conf.run.seed)
+    return Ages(as_of, ages, limit if tables.count(path) > limit else None)
 
 
 def _plots(
@@ -285,7 +295,12 @@ def _markdown(
         "## Knowledge age",
         "",
         f"Days between each entity's live knowledge and the run's data cutoff "
-        f"{ages.as_of:%Y-%m-%d %H:%M} UTC (run.as_of): what the refresh policy left stale.",
+        f"{ages.as_of:%Y-%m-%d %H:%M} UTC (run.as_of): what the refresh policy left stale."
+        + (
+            f" A seeded sample of at most about {ages.sample_limit} entities (report.max_entities)."
+            if ages.sample_limit
+            else ""
+        ),
         "",
         "| kind | entities | median | p90 | max |",
         "|---|---|---|---|---|",
@@ -356,8 +371,8 @@ def write(conf: Config, run_id: str | None = None, ages: Ages | None = None) -> 
     if live is None:
         norms, d = {}, Drift(None, note="no vectors published yet")
     else:
-        rows = vectors.read(live)
-        norms, d = _norms(rows), drift(live, rows)
+        rows = sample(conf, live)
+        norms, d = _norms(rows), drift(conf, live, rows)
     ages = ages or knowledge_ages(conf)
     target = folder(conf, run["run_id"])
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
-from table_rows import knowledge_row, knowledge_table
+from table_rows import knowledge_row, knowledge_table, vectors_table
 
 from jobs import knowledge, schemas, tables
 
@@ -72,7 +72,7 @@ def test_the_streamed_rules_agree_with_the_arrow_ones(tmp_path, ray_local):
     left = knowledge.without(knowledge.current_stream(path, []), done, knowledge.KEYS)
     assert sorted(left.to_pandas()["fingerprint"]) == ["good", "item", "now", "prod"]
 
-    ages = knowledge.live_ages(path, T + timedelta(days=1))
+    ages = knowledge.live_ages(path, T + timedelta(days=1), max_entities=1_000, seed=42)
     assert sorted(ages["user"].tolist()) == [1.0, 8.0, 8.0, 8.0]
     assert knowledge.age_summary(ages["user"]) == {
         "entities": 4,
@@ -136,3 +136,38 @@ def test_a_knowledge_table_of_an_older_release_gains_the_window_columns(tmp_path
     rows = {r["entity_id"]: r for r in knowledge.read_usable(path, ["history_end"]).to_pylist()}
     assert (rows["u1"]["window"], rows["u1"]["history_end"]) == (None, None)  # old row: null
     assert (rows["u2"]["window"], rows["u2"]["history_end"]) == ("production", 3)
+
+
+def test_entity_sample_keeps_the_same_seeded_entities_in_every_table(tmp_path):
+    """Above max_entities rows a bounded read keeps a seeded share of entities, every row
+    of each one kept (two answers per user here), the same entities in another table."""
+    rows = [
+        knowledge_row("user", f"u{i}", fingerprint=f"f{i}-{n}", as_of=T - timedelta(days=n))
+        for i in range(400)
+        for n in (1, 2)
+    ]
+    path = tmp_path / "knowledge"
+    _write(path, rows)
+    whole = knowledge.entity_sample(path, schemas.KNOWLEDGE, 10_000, seed=7)
+    assert whole.num_rows == 800
+
+    picked = knowledge.entity_sample(path, schemas.KNOWLEDGE, 100, seed=7, columns=["entity_id"])
+    ids = picked["entity_id"].to_pylist()
+    assert 20 <= len(set(ids)) <= 80  # 400 users at 100 / 800: about 50, seeded
+    assert len(ids) == 2 * len(set(ids))
+    again = knowledge.entity_sample(path, schemas.KNOWLEDGE, 100, seed=7, columns=["entity_id"])
+    assert again["entity_id"].to_pylist() == ids
+    other_seed = knowledge.entity_sample(path, schemas.KNOWLEDGE, 100, seed=8)
+    assert set(other_seed["entity_id"].to_pylist()) != set(ids)
+
+    vectors = tmp_path / "vectors"
+    tables.overwrite(
+        vectors, vectors_table({("user", f"u{i}"): [1.0, 0.0] for i in range(400)}), schemas.VECTORS
+    )
+    in_vectors = knowledge.entity_sample(vectors, schemas.VECTORS, 50, seed=7)
+    # 400 rows at 50 / 400 keeps the entities drawing below 1/8: those of the knowledge
+    # sample (1/8 too) exactly.
+    assert set(in_vectors["entity_id"].to_pylist()) == set(ids)
+
+    ages = knowledge.live_ages(path, T, max_entities=100, seed=7)
+    assert sorted(ages["user"].tolist()) == [1.0] * len(set(ids))

@@ -104,7 +104,7 @@ def test_report_drift_splits_unchanged_from_changed(make_config, capsys):
     assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".")]
 
     live = report.vectors.resolve(conf.table_path("vectors"))
-    d = report.drift(live, report.vectors.read(live))
+    d = report.drift(conf, live, report.vectors.read(live))
     assert d.previous_version == 0
     assert {k: {g: len(v) for g, v in gs.items()} for k, gs in d.cosines.items()} == {
         "user": {"unchanged": 6, "changed": 4},
