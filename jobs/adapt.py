@@ -56,7 +56,7 @@ from adapters.moe import TOWERS, HybridExpertAdaptor, Tower
 from adapters.train import train_and_evaluate
 from jobs import faults, knowledge, schemas, tables
 from jobs.config import Config
-from jobs.readers import DataError
+from jobs.errors import InputError, MissingTableError
 
 if TYPE_CHECKING:
     import ray.data
@@ -85,13 +85,6 @@ class AdaptResult:
     train_rows: int | None = None
     samples_total: int | None = None
     sampled: bool = False
-
-
-class InputError(DataError):
-    """An upstream table is missing, empty or too small; names the stage or key that fixes it.
-
-    A readers.DataError, so the CLI reports it as a bad input (exit 2, no traceback).
-    """
 
 
 def adaptor_checkpoint(conf: Config, version_id: str) -> Path:
@@ -315,7 +308,9 @@ def read_vectors(
     if version_id is not None:
         rows = rows.filter(pc.equal(rows.column("version_id"), version_id))
     if rows.num_rows == 0:
-        raise InputError(f"no vectors (version {version}, version id {version_id}) at {path}")
+        raise MissingTableError(
+            f"no vectors (version {version}, version id {version_id}) at {path}"
+        )
     kinds = set(rows.column("kind").to_pylist())
     user, item = (entity_matrix(rows, k, "vector") if k in kinds else None for k in TOWERS)
     return user, item
@@ -544,7 +539,7 @@ def _versions(conf: Config) -> tuple[dict[str, int | None], int]:
     versions |= {n: tables.version(conf.table_path(n)) for n in ("knowledge", "embeddings")}
     total = 0 if versions["samples"] is None else tables.count(samples_path, versions["samples"])
     if total == 0:
-        raise InputError(
+        raise MissingTableError(
             f"samples table at {samples_path} is missing or empty; "
             "run the prepare stage first (kar prepare)"
         )
@@ -555,12 +550,12 @@ def _versions(conf: Config) -> tuple[dict[str, int | None], int]:
             conf.table_path("attributes"),
         )
     if not tables.count(conf.table_path("knowledge")):
-        raise InputError(
+        raise MissingTableError(
             f"knowledge table at {conf.table_path('knowledge')} is missing or has no answer; "
             "run the generate stage first (kar generate)"
         )
     if not tables.count(conf.table_path("embeddings")):
-        raise InputError(
+        raise MissingTableError(
             f"embeddings table at {conf.table_path('embeddings')} is missing or empty; "
             "run the encode stage first (kar encode)"
         )
@@ -667,6 +662,8 @@ def run(conf: Config, run_id: str) -> AdaptResult:
                 entity_matrix(new_users, "user", "vector"),
                 entity_matrix(new_items, "item", "vector"),
             )
+        except tables.SchemaError:
+            raise  # broken live vectors are a failure, not a reason to publish ungated
         except InputError as e:
             # Few users were active since the live vectors' prompts: nothing fair to score.
             gate["gate"] = f"published: too few samples after the live vectors' prompts ({e})"

@@ -26,16 +26,17 @@ from pathlib import Path
 
 from factors.sets import FactorSetError
 from jobs import lock, logs
-from jobs.config import Config, ConfigError, load_config
-from jobs.readers import DataError
-from jobs.tables import SchemaError
+from jobs.config import Config, load_config
+from jobs.errors import InputError
 
 log = logging.getLogger("kar")
 
 STAGES = ("prepare", "generate", "encode", "adapt")
 # Commands that write to run.output_dir: one at a time per directory (jobs/lock.py).
 WRITERS = frozenset({"run", *STAGES, "evaluate", "publish", "forget", "maintain"})
-INPUT_ERRORS = (ConfigError, DataError, FactorSetError, SchemaError, FileNotFoundError)
+# What the person running the job can fix: exit 2, the message, no traceback. Factor
+# discovery (factors/, a library) raises its own. Anything else is a bug: its traceback shows.
+INPUT_ERRORS = (InputError, FactorSetError)
 
 
 def _add_conf_args(p: argparse.ArgumentParser) -> None:

@@ -23,10 +23,11 @@ from pydantic import (
     model_validator,
 )
 
+from jobs.errors import InputError
 from jobs.plugins import check_engine_name
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or override is invalid; the message names the key path and the fix."""
 
 

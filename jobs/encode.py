@@ -29,6 +29,7 @@ from encoders.inputs import encoder_input
 from encoders.models import BUNDLED_PREFIX, EncoderError, resolve_encoder
 from jobs import faults, knowledge, tables
 from jobs.config import Config, ConfigError, EncoderConf
+from jobs.errors import MissingTableError
 from jobs.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.schemas import EMBEDDINGS
 
@@ -90,7 +91,7 @@ def pending_inputs(conf: Config) -> pa.Table | ray.data.Dataset:
     """
     knowledge_path = conf.table_path("knowledge")
     if tables.open_table(knowledge_path) is None:
-        raise FileNotFoundError(
+        raise MissingTableError(
             f"no knowledge table at {knowledge_path}; run `kar generate` with the same config first"
         )
     path = conf.table_path("embeddings")

@@ -55,8 +55,9 @@ from adapters.moe import TOWERS, Tower
 from adapters.train import BACKBONE_NAMES, CTRModel, KarMode, TrainResult, train_and_evaluate
 from encoders.inputs import encoder_input
 from jobs import knowledge, schemas, tables
-from jobs.adapt import InputError, ctr_inputs, read_vectors, vector_rows
+from jobs.adapt import ctr_inputs, read_vectors, vector_rows
 from jobs.config import Backbone, Config
+from jobs.errors import InputError
 
 log = logging.getLogger(__name__)
 

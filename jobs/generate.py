@@ -38,6 +38,7 @@ import ray.data
 
 from jobs import knowledge, tables
 from jobs.config import Config, ConfigError, GenerateConf, LLMConf, Status
+from jobs.errors import InputError, MissingTableError
 from jobs.llm import Engine, Generation, build_engine
 from jobs.llm.base import engine_model_dir
 from jobs.llm.checks import NEVER_USABLE, AnswerChecks
@@ -202,11 +203,11 @@ def read_ids_file(path: Path) -> frozenset[str]:
     """Entity ids, one per line; blank lines and `#` comments are skipped."""
     try:
         lines = path.read_text().splitlines()
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"--ids-file {path} does not exist") from e
+    except FileNotFoundError:
+        raise InputError(f"--ids-file {path} does not exist") from None
     ids = frozenset(s for line in lines if (s := line.split("#", 1)[0].strip()))
     if not ids:
-        raise ConfigError(f"--ids-file {path} lists no ids (expected one entity id per line)")
+        raise InputError(f"--ids-file {path} lists no ids (expected one entity id per line)")
     return ids
 
 
@@ -215,7 +216,7 @@ def _active_since(conf: Config, since: datetime) -> ray.data.Dataset:
     per the samples table (streamed; may repeat)."""
     path = conf.table_path("samples")
     if tables.open_table(path) is None:
-        raise FileNotFoundError(
+        raise MissingTableError(
             f"--since needs the samples table at {path}; "
             f"run `kar prepare` with the same config first"
         )
@@ -258,7 +259,7 @@ def pending_prompts(
     """
     prompts_path = conf.table_path("prompts")
     if tables.open_table(prompts_path) is None:
-        raise FileNotFoundError(
+        raise MissingTableError(
             f"no prompts table at {prompts_path}; run `kar prepare` with the same config first"
         )
     version = tables.pinned(conf.table_path("stages"), "prepare", "prompts")

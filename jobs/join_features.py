@@ -34,6 +34,7 @@ from pyspark.sql import functions as F
 
 from jobs import schemas, tables
 from jobs.config import Config
+from jobs.errors import MissingTableError
 from jobs.readers import DataError
 from jobs.spark import read_delta, session
 from jobs.vectors import Snapshot, resolve
@@ -72,7 +73,9 @@ def read_samples(spark: SparkSession, conf: Config, path: Path | None) -> DataFr
     if path is None:
         path = conf.table_path("samples")
         if tables.open_table(path) is None:
-            raise DataError(f"no samples table at {path}; run kar prepare first or pass --samples")
+            raise MissingTableError(
+                f"no samples table at {path}; run kar prepare first or pass --samples"
+            )
         return read_delta(spark, path, schemas.SAMPLES)
     if not path.exists():
         raise DataError(f"--samples {path} does not exist")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from jobs.config import Config
-from jobs.readers import DataError
+from jobs.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
-class LockedError(DataError):
+class LockedError(InputError):
     """Another live run writes to this output directory (exit 2: run later or elsewhere)."""
 
 
@@ -56,7 +56,7 @@ def hold(conf: Config, command: str, run_id: str) -> Iterator[Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(
+        raise InputError(
             f"run.output_dir {out} cannot be used as a directory ({e.strerror}); set it to a "
             "writable directory"
         ) from None
@@ -64,7 +64,7 @@ def hold(conf: Config, command: str, run_id: str) -> Iterator[Path]:
     try:
         handle = path.open("a+")
     except OSError as e:
-        raise DataError(
+        raise InputError(
             f"run.output_dir {out} is not writable ({e.strerror}); set it to a directory this "
             "user may write"
         ) from None

@@ -33,6 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import DataConf, FileConf
+from jobs.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class RawData:
     repairs: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """An input file is unusable; the message names file, line (or row), column, value and fix."""
 
 

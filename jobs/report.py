@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 
 from jobs import knowledge, schemas, tables, vectors
 from jobs.config import Config
-from jobs.readers import DataError
+from jobs.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _run_row(conf: Config, run_id: str | None) -> dict[str, Any]:
         runs = runs.filter(pc.equal(runs.column("run_id"), run_id))
     if runs.num_rows == 0:
         which = f"run {run_id!r}" if run_id else "any run"
-        raise DataError(
+        raise InputError(
             f"no record of {which} in {conf.table_path('runs')}; run the job first "
             "(kar run, or kar generate) or pass a --run-id listed there"
         )

@@ -27,6 +27,7 @@ from deltalake.transaction import AddAction, create_table_with_add_actions
 if TYPE_CHECKING:
     import ray.data
 
+from jobs.errors import InputError
 from jobs.schemas import STAGES
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ PART = pa.schema(
 _STATS_MAX_CHARS = 64
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """Data does not match a table's declared schema; names the table and column."""
 
 

@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import schemas, tables
-from jobs.readers import DataError
+from jobs.errors import InputError
 
 
-class VersionError(DataError):
+class VersionError(InputError):
     """A requested vectors version or as-of time does not exist; names what does."""
 
 

@@ -12,6 +12,7 @@ from table_rows import knowledge_row, knowledge_table, vectors_table
 
 from adapters.moe import HybridExpertAdaptor
 from jobs import adapt, knowledge, schemas, tables
+from jobs.errors import MissingTableError
 
 T0 = datetime(2026, 11, 16, tzinfo=UTC)
 T1, T2 = T0 + timedelta(days=7), T0 + timedelta(days=8)
@@ -147,13 +148,13 @@ def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config):
 
 def test_adapt_names_the_missing_stage(make_config):
     conf = make_config()
-    with pytest.raises(adapt.InputError, match="kar prepare"):
+    with pytest.raises(MissingTableError, match="kar prepare"):
         adapt.run(conf, "r")
     write_inputs(conf)
     tables.overwrite(
         conf.table_path("embeddings"), schemas.EMBEDDINGS.empty_table(), schemas.EMBEDDINGS
     )
-    with pytest.raises(adapt.InputError, match="kar encode"):
+    with pytest.raises(MissingTableError, match="kar encode"):
         adapt.run(conf, "r")
     assert tables.version(conf.table_path("vectors")) is None
 
@@ -203,7 +204,7 @@ def test_read_vectors_returns_exactly_the_stored_values(make_config):
         for eid, row in zip(matrix.ids, matrix.values, strict=True):
             assert np.array_equal(row, values[(kind, eid)])
     assert len(users.ids) == 5 and len(items.ids) == 3
-    with pytest.raises(adapt.InputError, match="version id nope"):
+    with pytest.raises(MissingTableError, match="version id nope"):
         adapt.read_vectors(conf.table_path("vectors"), version_id="nope")
 
 

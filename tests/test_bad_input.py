@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import prepare, tables
+from jobs import cli, encode, prepare, tables
 from jobs.config import DataConf, FileConf, load_config
 from jobs.readers import DataError, read
 
@@ -225,3 +225,19 @@ def test_config_defaults_agree_with_the_shipped_config():
     assert shipped.generate.retry_statuses == load_config().generate.retry_statuses
     assert "length" not in load_config().generate.retry_statuses
     assert shipped.data.rating_scale == load_config().data.rating_scale
+
+
+def test_input_errors_exit_2_and_any_other_error_keeps_its_traceback(tmp_path, monkeypatch):
+    """A missing upstream table is the runner's to fix (exit 2, the stage to run); a
+    FileNotFoundError from inside a stage is a bug and is not reported as bad input."""
+    out = f"run.output_dir={tmp_path / 'out'}"
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["encode", out])
+    assert exited.value.code == 2
+
+    def broken(conf: object) -> None:
+        raise FileNotFoundError("a library's own file")
+
+    monkeypatch.setattr(encode, "pending_inputs", broken)
+    with pytest.raises(FileNotFoundError, match="a library's own file"):
+        cli.main(["encode", out])

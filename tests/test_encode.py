@@ -15,6 +15,7 @@ from encoders.models import resolve_encoder
 from encoders.sentence import SentenceEncoder
 from jobs import encode, tables
 from jobs.config import Config, ConfigError
+from jobs.errors import MissingTableError
 from jobs.schemas import EMBEDDINGS, KNOWLEDGE
 
 T0 = datetime(2025, 1, 6, tzinfo=UTC)
@@ -125,7 +126,7 @@ def test_encodes_latest_knowledge_once_and_only_what_changed(conf: Config) -> No
 
 
 def test_missing_knowledge_and_bad_model_fail_clearly(make_config, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no knowledge table.*run `kar generate`"):
+    with pytest.raises(MissingTableError, match="no knowledge table.*run `kar generate`"):
         encode.run(make_config(), "r1")
     bad = make_config(f"encoder.model={tmp_path / 'no-such-model'}")
     tables.overwrite(bad.table_path("knowledge"), knowledge(ROWS), KNOWLEDGE)

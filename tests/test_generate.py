@@ -29,6 +29,7 @@ from factors import prompts as templates
 from factors.sets import load
 from jobs import generate, tables
 from jobs.config import Config, ConfigError
+from jobs.errors import MissingTableError
 from jobs.schemas import KNOWLEDGE, PROMPTS, SAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +188,7 @@ def test_generate_refuses_prompts_prepared_for_another_model(make_config) -> Non
 
 
 def test_generate_without_prompts_table_says_to_prepare(conf: Config) -> None:
-    with pytest.raises(FileNotFoundError, match="run `kar prepare`"):
+    with pytest.raises(MissingTableError, match="run `kar prepare`"):
         generate.run(conf, "run-y")
 
 
