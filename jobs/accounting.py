@@ -1,6 +1,8 @@
-"""Accounting: one row per generate run in the `runs` Delta table, and the JSON it prints.
+"""Accounting: one row per run and command in the `runs` Delta table, and the JSON it prints.
 
-Generation is where the GPU-hours go, so every run records what it asked
+`kar run` writes one row for the whole run; stages run apart (an orchestrator's tasks,
+sharing one --run-id) write one row each, which the run report adds up. Generation is
+where the GPU-hours go, so its row records what it asked
 (prompts, requests incl. retries, tokens), how fast (output tokens/s, seconds
 per stage), what came back (statuses), and what it would cost on the cluster:
 output tokens / generate.cluster_tokens_per_gpu_s, in hours.
@@ -29,12 +31,14 @@ def runs_row(
     conf: Config,
     run_id: str,
     command: str,
-    gen: GenerateResult,
+    gen: GenerateResult | None,
     stage_seconds: dict[str, float],
     started_at: datetime,
 ) -> dict[str, Any]:
-    """The `runs` row of one run, as plain values."""
+    """The `runs` row of one run (or of one stage of it), as plain values; `gen`: what
+    generation did, None for a stage that asks no LLM."""
     throughput = conf.generate.cluster_tokens_per_gpu_s
+    gen = gen or GenerateResult(0, 0, 0, 0, 0.0, None)
     return {
         "run_id": run_id,
         "command": command,

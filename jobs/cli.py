@@ -42,6 +42,14 @@ INPUT_ERRORS = (InputError, FactorSetError)
 def _add_conf_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", type=Path, default=None, help="YAML config (default: built-ins)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="override one key")
+    if p.prog.split()[-1] in WRITERS:
+        p.add_argument(
+            "--run-id",
+            type=lock.run_id_arg,
+            default=None,
+            help="this run's id, shared by the stages of one run (an orchestrator passes its "
+            "own; default: a new one)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--online", action="store_true", help="also materialize into the online store")
     _add_conf_args(pub)
     rep = sub.add_parser("report", help="build the run report (markdown + plots), print its path")
-    rep.add_argument("--run-id", default=None, help="a run in the runs table (default: latest)")
+    rep.add_argument(
+        "--run-id", type=lock.run_id_arg, default=None, help="a run in `runs` (default: latest)"
+    )
     _add_conf_args(rep)
     _add_conf_args(
         sub.add_parser("maintain", help="compact the tables' small files and vacuum unused ones")
@@ -99,10 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _stage(command: str, conf: Config, run_id: str) -> dict:
     import importlib
     from dataclasses import asdict
+    from datetime import UTC, datetime
+
+    from jobs import accounting
 
     # Only the stage that runs is imported: adapt's torch (~450 MB) stays out of the others.
     module = importlib.import_module(f"jobs.{command}")
-    return asdict(module.run(conf, run_id))
+    started_at = datetime.now(UTC)
+    result = module.run(conf, run_id)
+    # The stage's row in `runs`: the report of a run whose stages ran apart shows each.
+    row = accounting.runs_row(conf, run_id, command, None, {command: result.seconds}, started_at)
+    return {**asdict(result), "accounting": accounting.record(conf, row)}
 
 
 def _dispatch(args: argparse.Namespace, conf: Config, run_id: str) -> None:
@@ -178,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         conf = load_config(args.conf, args.overrides)
         logs.setup(conf.run.log_level)
-        run_id = lock.new_run_id()
+        run_id = getattr(args, "run_id", None) or lock.new_run_id()
         if args.command in WRITERS:
             with lock.hold(conf, args.command, run_id):
                 _dispatch(args, conf, run_id)

@@ -10,10 +10,12 @@ scheduler (the Airflow DAG runs one at a time).
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -31,6 +33,21 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".kar.lock"
 # A holder whose record cannot be read (not yet written, or garbled).
 _UNKNOWN = {"run_id": "unknown", "command": "?", "pid": "?", "host": "?", "started_at": "?"}
+
+
+# A run id names a folder (reports/<run_id>/) and rows: no path separators. Airflow's own
+# ids (scheduled__2026-11-30T00:00:00+00:00) fit.
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
+
+
+def run_id_arg(text: str) -> str:
+    """`--run-id`'s check: an argparse type, so a bad id fails before any stage starts."""
+    if not _RUN_ID.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a usable run id: 1-128 letters, digits and . _ : + - "
+            "(starting with a letter or digit)"
+        )
+    return text
 
 
 def new_run_id() -> str:

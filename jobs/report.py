@@ -61,18 +61,32 @@ class Drift:
 
 
 def _run_row(conf: Config, run_id: str | None) -> dict[str, Any]:
+    """The run's `runs` rows as one: `kar run` writes one row, stages run apart (sharing
+    --run-id) one each; their seconds, tokens and statuses add up. Default: the latest run."""
     runs = tables.read(conf.table_path("runs"), schemas.RUNS)
-    if run_id is not None:
-        runs = runs.filter(pc.equal(runs.column("run_id"), run_id))
-    if runs.num_rows == 0:
+    if run_id is None and runs.num_rows:
+        run_id = runs.sort_by([("finished_at", "ascending")])["run_id"][-1].as_py()
+    rows = runs.filter(pc.equal(runs.column("run_id"), run_id)) if run_id else runs
+    if rows.num_rows == 0:
         which = f"run {run_id!r}" if run_id else "any run"
         raise InputError(
             f"no record of {which} in {conf.table_path('runs')}; run the job first "
             "(kar run, or kar generate) or pass a --run-id listed there"
         )
-    rows = runs.sort_by([("finished_at", "ascending")]).to_pylist()
-    row = rows[-1]
-    return {**row, "stage_seconds": dict(row["stage_seconds"]), "statuses": dict(row["statuses"])}
+    parts = rows.sort_by([("finished_at", "ascending")]).to_pylist()
+    run = dict(parts[-1])
+    run["started_at"] = min(p["started_at"] for p in parts)
+    run["command"] = ", ".join(dict.fromkeys(p["command"] for p in parts))
+    run["stage_seconds"], run["statuses"] = {}, {}
+    for part in parts:
+        run["stage_seconds"] |= dict(part["stage_seconds"])
+        for status, n in part["statuses"]:
+            run["statuses"][status] = run["statuses"].get(status, 0) + n
+    added = ("prompts", "prompts_generated", "requests", "input_tokens", "output_tokens")
+    for key in (*added, "unusable", "history_truncated", "gpu_hours"):
+        run[key] = sum(p[key] for p in parts)
+    run["output_tokens_per_s"] = max(p["output_tokens_per_s"] for p in parts)  # generate's
+    return run
 
 
 def _run_answers(conf: Config, run_id: str) -> pa.Table:

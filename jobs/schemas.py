@@ -145,7 +145,7 @@ ATTRIBUTES = pa.schema(
 RUNS = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
-        pa.field("command", pa.string(), nullable=False),  # "run" | "generate"
+        pa.field("command", pa.string(), nullable=False),  # "run" or the stage run alone
         pa.field("started_at", UTC_US, nullable=False),
         pa.field("finished_at", UTC_US, nullable=False),
         pa.field("engine", pa.string(), nullable=False),

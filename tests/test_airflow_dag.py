@@ -18,6 +18,7 @@ from jobs.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
 DAG_FOLDER = ROOT / "conf" / "airflow"
+AIRFLOW_RUN_ID = "scheduled__2026-11-30T03:00:00+00:00"
 
 # Runs inside the Airflow venv: load the folder, describe the DAG as JSON.
 PROBE = """
@@ -89,8 +90,12 @@ def test_spark_submit_command_from_the_real_hook(dag_info: dict):
     command = dag_info["spark_submit"]
     assert command[:3] == ["spark-submit", "--master", "spark://spark-master:7077"]
     assert command[command.index("--py-files") + 1] == f"{ROOT}/dist/kar-job.zip"
-    assert command[-3:] == [f"{ROOT}/jobs/prepare.py", "--conf", f"{ROOT}/conf/cluster.yaml"]
-    load_config(command[-1])  # the config the DAG submits validates
+    assert command[-5:] == [
+        f"{ROOT}/jobs/prepare.py",
+        *("--conf", f"{ROOT}/conf/cluster.yaml"),
+        *("--run-id", "{{ run_id }}"),
+    ]
+    load_config(command[-3])  # the config the DAG submits validates
 
 
 def test_ray_jobs_run_existing_stage_scripts_with_valid_arguments(dag_info: dict):
@@ -108,7 +113,11 @@ def test_ray_jobs_run_existing_stage_scripts_with_valid_arguments(dag_info: dict
             python, script, *args = shlex.split(command)
             assert python == "python" and (ROOT / script).is_file(), script
             stage = Path(script).stem
+            # Every stage records under the DAG run's id, as Airflow renders it.
+            assert args[args.index("--run-id") + 1] == "{{ run_id }}"
+            args = [AIRFLOW_RUN_ID if a == "{{ run_id }}" else a for a in args]
             parsed = parser.parse_args([stage, *args])  # exits (fails the test) on a bad flag
+            assert parsed.run_id == AIRFLOW_RUN_ID
             load_config(ROOT / parsed.conf, parsed.overrides)
             stages.append(stage)
     assert stages == ["generate", "encode", "adapt", "publish", "report", "maintain"]

@@ -111,10 +111,15 @@ def test_kill_9_of_adapt_before_its_vectors_commit(make_config):
     assert kar(conf, "adapt", "adapt.epochs=1", fault="adapt:before-vectors") == -signal.SIGKILL
     assert tables.version(conf.table_path("vectors")) is None
 
-    assert kar(conf, "adapt", "adapt.epochs=1") == 0
+    # Rerun as an orchestrator's task would: under the run's id, which names the version.
+    assert kar(conf, "adapt --run-id week-48", "adapt.epochs=1") == 0
     vectors = tables.read(conf.table_path("vectors"), schemas.VECTORS)
     assert tables.version(conf.table_path("vectors")) == 0
-    assert len(set(vectors.column("version_id").to_pylist())) == 1
+    assert set(vectors.column("version_id").to_pylist()) == {"week-48"}
+    runs = tables.read(conf.table_path("runs"), schemas.RUNS).to_pylist()
+    assert [(r["run_id"], r["command"], list(dict(r["stage_seconds"]))) for r in runs] == [
+        ("week-48", "adapt", ["adapt"])
+    ]
     assert assert_unique(conf, "vectors", ["kind", "entity_id"]) == len(entities)
 
 

@@ -12,7 +12,8 @@ from table_rows import knowledge_row, knowledge_table, vectors_table
 
 from jobs import accounting, cli, report, schemas, tables
 from jobs.config import Config
-from jobs.readers import DataError
+from jobs.errors import InputError
+from jobs.generate import GenerateResult
 
 DIM = 16
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -135,5 +136,30 @@ def test_first_version_has_no_drift_and_unknown_run_names_the_fix(make_config):
     record_run(conf, "run-1")
     path = report.write(conf, "run-1")
     assert "First published version: nothing to compare with." in path.read_text()
-    with pytest.raises(DataError, match="--run-id"):
+    with pytest.raises(InputError, match="--run-id"):
         report.write(conf, "no-such-run")
+
+
+def test_stages_run_apart_under_one_run_id_make_one_report(make_config):
+    """An orchestrator runs each stage as its own task with the DAG run's --run-id: each
+    stage appends its `runs` row and the report adds them up (another run stays out)."""
+    conf = make_config()
+    publish(conf, {("user", "1"): ("fp", np.ones(DIM))})
+    record_run(conf, "other-run")
+    started = datetime.now(UTC)
+    generated = GenerateResult(4, 4, 900, 256, 30.0, 0, requests=5, statuses={"ok": 4})
+    for command, gen, seconds in [
+        ("prepare", None, {"prepare": 20.0}),
+        ("generate", generated, {"generate_llm": 25.0, "generate": 30.0}),
+        ("encode", None, {"encode": 3.5}),
+        ("adapt", None, {"adapt": 2.0}),
+    ]:
+        row = accounting.runs_row(conf, "dag-run-7", command, gen, seconds, started)
+        accounting.record(conf, row)
+
+    text = report.write(conf, "dag-run-7").read_text()
+    assert "`kar prepare, generate, encode, adapt`" in text
+    for stage, seconds in [("prepare", 20.0), ("generate", 30.0), ("encode", 3.5), ("adapt", 2.0)]:
+        assert f"| {stage} | {seconds:.1f} |" in text
+    assert "4 of 4 pending prompts answered with 5 LLM requests; 900 input" in text
+    assert "| ok | 4 |" in text and "| length |" not in text  # other-run's statuses stay out

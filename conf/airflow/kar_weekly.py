@@ -34,11 +34,17 @@ RAY = os.environ.get("KAR_RAY", "ray")
 SPARK_CONN = os.environ.get("KAR_SPARK_CONN", "spark_default")
 # Mondays 03:00 UTC; the cron example in conf/cron/kar-weekly uses the same line.
 SCHEDULE = "0 3 * * 1"
+# Every task passes the DAG run's id (rendered by Airflow): one run id for the whole run,
+# so `runs` holds each stage's row under it, the report shows every stage and the vectors
+# version is named after the run.
+RUN_ID = ["--run-id", "{{ run_id }}"]
 
 
 def stage(script: str, *args: str) -> str:
-    """One stage script with the job config; `ray.address=auto` joins the job's Ray cluster."""
-    return shlex.join(["python", f"jobs/{script}", "--conf", KAR_CONF, *args, "ray.address=auto"])
+    """One stage script with the job config and the run's id; `ray.address=auto` joins the
+    job's Ray cluster."""
+    command = ["python", f"jobs/{script}", "--conf", KAR_CONF, *RUN_ID, *args, "ray.address=auto"]
+    return shlex.join(command)
 
 
 def ray_job(*commands: str) -> str:
@@ -68,7 +74,7 @@ with DAG(
         conn_id=SPARK_CONN,
         application=f"{KAR_HOME}/jobs/prepare.py",
         py_files=f"{KAR_HOME}/dist/kar-job.zip",
-        application_args=["--conf", f"{KAR_HOME}/{KAR_CONF}"],
+        application_args=["--conf", f"{KAR_HOME}/{KAR_CONF}", *RUN_ID],
         name="kar-prepare",
     )
     generate_encode = BashOperator(
