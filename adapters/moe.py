@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from jobs.config import AdaptorConf
+from adapters.config import AdaptorConf
 
 Tower = Literal["user", "item"]
 TOWERS: tuple[Tower, ...] = ("user", "item")

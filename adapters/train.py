@@ -27,13 +27,13 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from adapters.config import Backbone, TrainConf
 from adapters.data import CTRData, CTRTensors
 from adapters.dcn import DCNv2
 from adapters.deepfm import DeepFM
 from adapters.din import DIN
 from adapters.features import FeatureSizes
 from adapters.moe import HybridExpertAdaptor
-from jobs.config import AdaptConf, Backbone
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_backbone(name: Backbone, data: CTRData, conf: AdaptConf, kar_dim: int) -> nn.Module:
+def make_backbone(name: Backbone, data: CTRData, conf: TrainConf, kar_dim: int) -> nn.Module:
     sizes, dim = FeatureSizes.of(data), conf.embedding_dim
     hidden, dropout = tuple(conf.dnn_hidden), conf.adaptor.dropout
     if name == "din":
@@ -110,7 +110,7 @@ def make_backbone(name: Backbone, data: CTRData, conf: AdaptConf, kar_dim: int) 
     return DCNv2(sizes, dim, kar_dim, conf.cross_layers, hidden=hidden, dropout=dropout)
 
 
-def build_model(data: CTRData, conf: AdaptConf, kar: KarMode, backbone: Backbone) -> CTRModel:
+def build_model(data: CTRData, conf: TrainConf, kar: KarMode, backbone: Backbone) -> CTRModel:
     """`kar`: none; cotrained (adaptor over `data`'s text matrices); frozen (matrices as-is)."""
     users, items = data.user_matrix, data.item_matrix
     if kar == "none":
@@ -142,7 +142,7 @@ def _metrics(labels: torch.Tensor, probs: np.ndarray) -> tuple[float, float]:
 
 def train_and_evaluate(
     data: CTRData,
-    conf: AdaptConf,
+    conf: TrainConf,
     seed: int,
     kar: KarMode = "none",
     backbone: Backbone | None = None,

@@ -1,19 +1,32 @@
 """Text encoders behind one small interface, chosen by `encoder.engine`.
 
 "sentence-transformers" (the default) loads a local sentence-transformers model;
-a plug-in class ("package.module:Class") serves platforms with their own
-embedding service. This module imports no model library itself, so workers load
-only the engine they use.
+a plug-in class ("package.module:Class", imported by the caller) serves platforms
+with their own embedding service. This module imports no model library itself, so
+workers load only the engine they use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.config import EncoderConf
-from jobs.plugins import load_class
+
+class EncoderSettings(BaseModel):
+    """What an encoder is built from; the job's encoder config adds its Ray pool to these."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # "sentence-transformers", or a plug-in class "package.module:Class": built as
+    # Class(model, settings, threads), see build_encoder.
+    engine: str = "sentence-transformers"
+    # "bundled:all-MiniLM-L6-v2" or any sentence-transformers model directory.
+    model: str = "bundled:all-MiniLM-L6-v2"
+    batch_size: int = Field(default=64, gt=0)
+    device: str = "cpu"
 
 
 class Encoder(Protocol):
@@ -26,23 +39,36 @@ class Encoder(Protocol):
         ...
 
 
-def build_encoder(model: str, conf: EncoderConf, threads: int | None = None) -> Encoder:
+def _sentence_transformers(model: str, conf: EncoderSettings, threads: int | None) -> Encoder:
+    from encoders.models import resolve_encoder
+    from encoders.sentence import SentenceEncoder
+
+    return SentenceEncoder(
+        resolve_encoder(model), device=conf.device, batch_size=conf.batch_size, threads=threads
+    )
+
+
+# Built-in engines by `encoder.engine` name.
+ENGINES: dict[str, Callable[[str, EncoderSettings, int | None], Encoder]] = {
+    "sentence-transformers": _sentence_transformers,
+}
+
+
+def build_encoder(
+    model: str, conf: EncoderSettings, threads: int | None = None, plugin: type | None = None
+) -> Encoder:
     """The encoder `conf.engine` names, for `model` (a `bundled:` name or a model directory).
 
-    `threads` caps torch CPU threads (one per actor CPU). A plug-in
-    (`encoder.engine: "package.module:Class"`) is built as `Class(model, conf, threads)` in
-    the process that encodes (the Ray actor): `model` is encoder.model (made absolute when it
-    is a local path), `conf` this EncoderConf (batch_size, device), `threads` the actor's CPUs
-    or None. Import errors raise PluginError naming the path.
+    `threads` caps torch CPU threads (one per actor CPU). A plug-in engine
+    (`encoder.engine: "package.module:Class"`) comes as `plugin`, the class the caller
+    imported, and is built as `Class(model, conf, threads)` in the process that encodes
+    (the Ray actor): `model` is encoder.model (made absolute when it is a local path),
+    `conf` these settings (batch_size, device), `threads` the actor's CPUs or None.
     """
-    if conf.engine == "sentence-transformers":
-        from encoders.models import resolve_encoder
-        from encoders.sentence import SentenceEncoder
-
-        return SentenceEncoder(
-            resolve_encoder(model),
-            device=conf.device,
-            batch_size=conf.batch_size,
-            threads=threads,
+    factory = plugin or ENGINES.get(conf.engine)
+    if factory is None:
+        raise ValueError(
+            f"encoder engine {conf.engine!r} is not built in ({sorted(ENGINES)}); "
+            "pass a plug-in engine's class"
         )
-    return load_class(conf.engine, "encoder.engine")(model, conf, threads)
+    return factory(model, conf, threads)

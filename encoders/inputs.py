@@ -7,8 +7,6 @@ factual answer stands on its own.
 
 from __future__ import annotations
 
-from jobs.schemas import KINDS
-
 
 def encoder_input(kind: str, context: str, text: str) -> str:
     """user: the prompt's history part + the LLM answer; item: the answer only."""
@@ -16,4 +14,4 @@ def encoder_input(kind: str, context: str, text: str) -> str:
         return f"{context}\n{text}"
     if kind == "item":
         return text
-    raise ValueError(f"unknown entity kind {kind!r}; expected one of {list(KINDS)}")
+    raise ValueError(f"unknown entity kind {kind!r}; expected 'user' or 'item'")

@@ -181,7 +181,7 @@ def _dispatch(args: argparse.Namespace, conf: Config, run_id: str) -> None:
         )
         sys.stdout.write(json.dumps(asdict(result)) + "\n")
     else:
-        from factors.discover import discover
+        from jobs.discover import discover
 
         out = args.out or Path(f"factors-{args.domain.replace(' ', '-')}.yaml")
         path = discover(conf, args.domain, out, item_noun=args.item_noun)

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from adapters.config import Backbone, TrainConf
+from encoders import ENGINES, EncoderSettings
 from jobs.errors import InputError
 from jobs.plugins import check_engine_name
 
@@ -308,54 +310,21 @@ class GenerateConf(PoolConf):
         return patterns
 
 
-class EncoderConf(_Section):
-    # "sentence-transformers", or a plug-in class "package.module:Class": built as
-    # Class(model, conf, threads), see encoders.build_encoder.
-    engine: str = "sentence-transformers"
-    # "bundled:all-MiniLM-L6-v2" or any sentence-transformers model directory.
-    model: str = "bundled:all-MiniLM-L6-v2"
-    batch_size: int = Field(default=64, gt=0)
+class EncoderConf(EncoderSettings):
+    """The encode stage: the encoder (encoders.EncoderSettings) plus its commits and pool."""
+
     # Commit vectors to Delta once this many are buffered (and at the end): a crash loses
     # at most these.
     commit_rows: int = Field(default=2048, gt=0)
-    device: str = "cpu"
     pool: PoolConf = Field(default_factory=PoolConf)
 
     @field_validator("engine")
     @classmethod
     def _engine(cls, value: str) -> str:
-        return check_engine_name(value, ("sentence-transformers",))
+        return check_engine_name(value, tuple(ENGINES))
 
 
-Backbone = Literal["din", "deepfm", "dcnv2"]
 TextVariant = Literal["kar", "user_only", "item_only", "no_llm", "answer_only"]
-
-
-class AdaptorConf(_Section):
-    """Text embeddings -> reasoning (user) / fact (item) vectors; the kinds exist for ablations.
-
-    hybrid_moe: KAR's adaptor, per-tower softmax gate over shared + dedicated experts.
-    moe: shared experts only, one gate per tower (`dedicated_experts` is not used).
-    mlp: one expert MLP per tower, no gate (`shared_experts`/`dedicated_experts` not used).
-    """
-
-    kind: Literal["hybrid_moe", "moe", "mlp"] = "hybrid_moe"
-    shared_experts: int = Field(default=2, ge=0)
-    dedicated_experts: int = Field(default=5, ge=0)
-    hidden: list[int] = Field(default_factory=lambda: [128])
-    out_dim: int = Field(default=32, gt=0)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _experts_for_kind(self) -> AdaptorConf:
-        if self.kind == "hybrid_moe" and self.dedicated_experts == 0:
-            raise ValueError(
-                "kind 'hybrid_moe' needs dedicated_experts >= 1 (or use kind 'moe' for shared "
-                "experts only)"
-            )
-        if self.kind == "moe" and self.shared_experts == 0:
-            raise ValueError("kind 'moe' mixes shared experts only: set shared_experts >= 1")
-        return self
 
 
 class GateConf(_Section):
@@ -366,26 +335,13 @@ class GateConf(_Section):
     tolerance: float = Field(default=0.005, ge=0)
 
 
-class AdaptConf(_Section):
-    # The CTR model the adaptor is co-trained with in the weekly run (and the gate scores with).
-    backbone: Backbone = "din"
-    adaptor: AdaptorConf = Field(default_factory=AdaptorConf)
-    embedding_dim: int = Field(default=16, gt=0)
-    # Backbones' deep part (DIN's MLP, DeepFM's DNN, DCNv2's deep tower).
-    dnn_hidden: list[int] = Field(default_factory=lambda: [200, 80], min_length=1)
-    cross_layers: int = Field(default=3, gt=0)  # DCNv2
-    epochs: int = Field(default=5, gt=0)
-    # Stop after this many epochs without a better validation AUC (None: run every epoch).
-    patience: int | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=256, gt=0)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
+class AdaptConf(TrainConf):
+    """The adapt stage: training (adapters.config.TrainConf), its sample bound and the gate."""
+
     # Train (and gate) on at most this many CTR samples: a seeded sample of the prepared ones
     # when there are more, so adapt's memory is bounded however many users there are. The
     # default covers the embedded ML-100K run whole (not sampled).
     max_train_rows: int = Field(default=2_000_000, gt=0)
-    device: str = "cpu"
     gate: GateConf = Field(default_factory=GateConf)
 
 

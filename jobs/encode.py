@@ -24,12 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
-from encoders import build_encoder
+from encoders import ENGINES, Encoder, build_encoder
 from encoders.inputs import encoder_input
 from encoders.models import BUNDLED_PREFIX, EncoderError, resolve_encoder
 from jobs import faults, knowledge, tables
 from jobs.config import Config, ConfigError, EncoderConf
 from jobs.errors import MissingTableError
+from jobs.plugins import load_class
 from jobs.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.schemas import EMBEDDINGS
 
@@ -56,7 +57,7 @@ class EncoderWorker:
     def __init__(
         self, model: str, conf: EncoderConf, threads: int | None, path: Path, model_name: str
     ) -> None:
-        self.encoder = build_encoder(model, conf, threads)
+        self.encoder = load_encoder(model, conf, threads)
         self.path, self.model_name = path, model_name
 
     def __call__(self, rows: pa.Table) -> pa.Table:
@@ -77,6 +78,13 @@ class EncoderWorker:
         part["truncated"] = self.encoder.count_truncated(texts)
         part["busy_seconds"] = time.perf_counter() - started
         return pa.Table.from_pylist([part])
+
+
+def load_encoder(model: str, conf: EncoderConf, threads: int | None = None) -> Encoder:
+    """The configured encoder, a plug-in's class imported here (in the process that encodes:
+    the driver need not have its dependencies)."""
+    plugin = None if conf.engine in ENGINES else load_class(conf.engine, "encoder.engine")
+    return build_encoder(model, conf, threads, plugin)
 
 
 def pending_inputs(conf: Config) -> pa.Table | ray.data.Dataset:

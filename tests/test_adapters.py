@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from adapters import data as ctr_data
+from adapters.config import AdaptorConf
 from adapters.data import DISLIKED, LIKED, OOV, PAD, AttributeTokens, CTRTensors, EntityMatrix
 from adapters.dcn import DCNv2
 from adapters.deepfm import DeepFM
@@ -16,7 +17,7 @@ from adapters.features import FeatureSizes
 from adapters.moe import HybridExpertAdaptor
 from adapters.train import train_and_evaluate
 from jobs import schemas
-from jobs.config import AdaptConf, AdaptorConf
+from jobs.config import AdaptConf
 
 
 def adaptor(

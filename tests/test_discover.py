@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factors.discover import MAX_FACTORS, discover, parse_factors, singular
 from factors.sets import FactorSetError, load
+from jobs.discover import MAX_FACTORS, discover, parse_factors, singular
 
 NUMBERED = """Here are the most important factors that influence a preference for podcasts:
 
