@@ -10,6 +10,7 @@ output tokens / generate.cluster_tokens_per_gpu_s, in hours.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,10 +18,31 @@ import pyarrow as pa
 
 from jobs import tables
 from jobs.config import Config
-from jobs.generate import GenerateResult
 from jobs.schemas import RUNS
 
 KEYS = ["run_id", "command"]
+
+
+@dataclass
+class GenerateResult:
+    prompts_total: int
+    prompts_generated: int
+    # Tokens of every LLM request, retries included (what the run cost).
+    input_tokens: int
+    output_tokens: int
+    seconds: float
+    knowledge_version: int | None
+    requests: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    unusable: int = 0
+    history_truncated: int = 0
+    # Seconds to start the engines, and of generation proper (first batch sent to last commit).
+    engine_start_seconds: float = 0.0
+    generate_seconds: float = 0.0
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.output_tokens / self.generate_seconds if self.generate_seconds else 0.0
 
 
 def gpu_hours(output_tokens: int, tokens_per_gpu_s: float) -> float:

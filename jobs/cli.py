@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stage(command: str, conf: Config, run_id: str) -> dict:
+def _stage(command: str, conf: Config, run_id: str, args: argparse.Namespace) -> dict:
     import importlib
     from dataclasses import asdict
     from datetime import UTC, datetime
@@ -116,9 +116,14 @@ def _stage(command: str, conf: Config, run_id: str) -> dict:
     # Only the stage that runs is imported: adapt's torch (~450 MB) stays out of the others.
     module = importlib.import_module(f"jobs.{command}")
     started_at = datetime.now(UTC)
-    result = module.run(conf, run_id)
     # The stage's row in `runs`: the report of a run whose stages ran apart shows each.
-    row = accounting.runs_row(conf, run_id, command, None, {command: result.seconds}, started_at)
+    if command == "generate":
+        result = module.run(conf, run_id, module.selection_of(args))
+        seconds, generated = accounting.generate_seconds(result), result
+    else:
+        result = module.run(conf, run_id)
+        seconds, generated = {command: result.seconds}, None
+    row = accounting.runs_row(conf, run_id, command, generated, seconds, started_at)
     return {**asdict(result), "accounting": accounting.record(conf, row)}
 
 
@@ -134,12 +139,9 @@ def _dispatch(args: argparse.Namespace, conf: Config, run_id: str) -> None:
 
         result = evaluate.run(conf)
         sys.stdout.write(result.pop("markdown") + json.dumps(result) + "\n")
-    elif args.command == "generate":
-        from jobs.generate import run_command
-
-        sys.stdout.write(json.dumps(run_command(conf, args, run_id), default=str) + "\n")
     elif args.command in STAGES:
-        sys.stdout.write(json.dumps(_stage(args.command, conf, run_id), default=str) + "\n")
+        result = _stage(args.command, conf, run_id, args)
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
     elif args.command == "vectors":
         from jobs import vectors
 

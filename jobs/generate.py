@@ -25,11 +25,10 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,6 +36,7 @@ import ray
 import ray.data
 
 from jobs import knowledge, tables
+from jobs.accounting import GenerateResult
 from jobs.config import Config, ConfigError, GenerateConf, LLMConf, Status
 from jobs.errors import InputError, MissingTableError
 from jobs.llm import Engine, Generation, build_engine
@@ -82,28 +82,6 @@ class Selection:
         parts += [f"{len(self.ids)} ids"] if self.ids is not None else []
         parts += [f"since {self.since:%Y-%m-%d}"] if self.since else []
         return ", ".join(parts) or "all"
-
-
-@dataclass
-class GenerateResult:
-    prompts_total: int
-    prompts_generated: int
-    # Tokens of every LLM request, retries included (what the run cost).
-    input_tokens: int
-    output_tokens: int
-    seconds: float
-    knowledge_version: int | None
-    requests: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)
-    unusable: int = 0
-    history_truncated: int = 0
-    # Seconds to start the engines, and of generation proper (first batch sent to last commit).
-    engine_start_seconds: float = 0.0
-    generate_seconds: float = 0.0
-
-    @property
-    def output_tokens_per_s(self) -> float:
-        return self.output_tokens / self.generate_seconds if self.generate_seconds else 0.0
 
 
 @dataclass(frozen=True)
@@ -487,21 +465,13 @@ def add_backfill_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_command(conf: Config, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
-    """`kar generate`: run the stage on the selected slice, record it in `runs`, return both."""
-    from jobs import accounting
-
-    selection = Selection(
+def selection_of(args: argparse.Namespace) -> Selection:
+    """The slice `kar generate`'s backfill options (add_backfill_args) select."""
+    return Selection(
         kind=args.kind and args.kind.removesuffix("s"),
         ids=read_ids_file(args.ids_file) if args.ids_file else None,
         since=datetime.combine(args.since, dtime(), UTC) if args.since else None,
     )
-    started_at = datetime.now(UTC)
-    result = run(conf, run_id, selection)
-    row = accounting.runs_row(
-        conf, run_id, "generate", result, accounting.generate_seconds(result), started_at
-    )
-    return {**asdict(result), "accounting": accounting.record(conf, row)}
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import pytest
 from table_rows import knowledge_row, knowledge_table, vectors_table
 
 from jobs import accounting, cli, report, schemas, tables
+from jobs.accounting import GenerateResult
 from jobs.config import Config
 from jobs.errors import InputError
-from jobs.generate import GenerateResult
 
 DIM = 16
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
