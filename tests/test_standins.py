@@ -9,11 +9,11 @@ import pytest
 
 from factors import sets
 from factors.prompts import item_context, item_prompt, user_context, user_prompt
-from jobs.config import ConfigError, GenerateConf, load_config
+from jobs.config import LLM_ENGINES, ConfigError, GenerateConf, load_config
 from jobs.encode import load_encoder
 from jobs.llm import ModelError, build_engine
-from jobs.llm.base import engine_model_dir
 from jobs.llm.checks import AnswerChecks
+from jobs.llm.engines import ENGINES, engine_model_dir
 from jobs.plugins import PluginError
 
 STANDINS = [
@@ -85,3 +85,7 @@ def test_a_plugin_engine_gets_a_remote_model_name_where_a_builtin_one_fails(tmp_
     builtin = load_config(None, ["llm.model=endpoint/llama-3-8b"])
     with pytest.raises(ModelError):
         engine_model_dir(builtin.llm, tmp_path)
+
+
+def test_every_builtin_engine_name_the_config_accepts_has_a_builder() -> None:
+    assert set(ENGINES) == set(LLM_ENGINES)
