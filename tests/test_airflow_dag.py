@@ -15,6 +15,8 @@ import pytest
 from jobs import cli
 from jobs.config import load_config
 
+pytestmark = pytest.mark.engines  # loads the DAG in Airflow's own venv
+
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
 DAG_FOLDER = ROOT / "conf" / "airflow"

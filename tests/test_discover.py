@@ -56,6 +56,7 @@ def test_singular_item_noun() -> None:
     ]
 
 
+@pytest.mark.engines  # starts the LLM
 def test_discover_writes_a_loadable_unreviewed_factor_file(make_config, tmp_path: Path) -> None:
     conf = make_config("generate.torch_threads=2")
     # A short answer keeps the test fast; the tiny model's list is poor, so check structure only.

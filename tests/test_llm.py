@@ -16,6 +16,8 @@ from factors.sets import load
 from jobs.config import LLMConf
 from jobs.llm import Generation, ModelError, build_engine, resolve_model
 
+pytestmark = pytest.mark.engines  # starts the LLM engines
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "kar"
 BUNDLED = "bundled:smollm2-135m-instruct"

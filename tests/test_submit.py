@@ -15,6 +15,8 @@ from deltalake import DeltaTable
 
 from jobs import schemas
 
+pytestmark = pytest.mark.engines  # builds the dist zip and submits jobs
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
