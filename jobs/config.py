@@ -263,14 +263,13 @@ Status = Literal["ok", "empty", "echo", "length", "degenerate", "refusal"]
 class GenerateConf(PoolConf):
     """The generate stage's actor pool plus its work sizing, answer checks and accounting."""
 
-    # Prompts per actor call: one Parquet part of `knowledge`, the work a restarted actor
-    # redoes, sorted by length inside so engine calls pad little.
-    batch_rows: int = Field(default=64, gt=0)
     # One engine call: prompts whose estimated prompt + answer tokens fit.
     batch_tokens: int = Field(default=32768, gt=0)
     # Batches queued per actor, so an engine never waits between batches.
     batches_in_flight: int = Field(default=2, gt=0)
-    # Commit the actors' parts to Delta once they hold this many answers (and at the end).
+    # Prompts per block: one actor call (sorted by length inside, so engine calls pad
+    # little), one Parquet part of `knowledge`, one Delta commit, the most a kill loses.
+    # A commit's cost grows with the table's files: large runs want large blocks.
     commit_rows: int = Field(default=256, gt=0)
     # Answers with one of these statuses are asked again (new seed), up to max_attempts in all.
     # `length` is not retried by default: a small llm.max_new_tokens would ask every prompt
@@ -313,8 +312,8 @@ class GenerateConf(PoolConf):
 class EncoderConf(EncoderSettings):
     """The encode stage: the encoder (encoders.EncoderSettings) plus its commits and pool."""
 
-    # Commit vectors to Delta once this many are buffered (and at the end): a crash loses
-    # at most these.
+    # Inputs per block: one actor call (the encoder batches by batch_size inside), one
+    # Parquet part of `embeddings`, one Delta commit, the most a kill loses.
     commit_rows: int = Field(default=2048, gt=0)
     pool: PoolConf = Field(default_factory=PoolConf)
 

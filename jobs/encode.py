@@ -183,7 +183,7 @@ def run(conf: Config, run_id: str) -> EncodeResult:
     parts = pending.map_batches(
         EncoderWorker,
         fn_constructor_args=(model, enc, enc.pool.torch_threads, path, enc.model),
-        batch_size=enc.batch_size,
+        batch_size=None,  # one call per block: one Parquet part (the encoder batches inside)
         batch_format="pyarrow",
         **actor_pool(enc.pool),
     )

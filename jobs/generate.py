@@ -400,7 +400,7 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
             knowledge_path,
             run_id,
         ),
-        batch_size=gen.batch_rows,
+        batch_size=None,  # one call per block: one Parquet part per commit's worth
         batch_format="pyarrow",
         **actor_pool(gen, in_flight=gen.batches_in_flight),
     )

@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = [
     "llm.max_new_tokens=12",
     "llm.batch_size=2",
-    "generate.batch_rows=1",  # one prompt per batch: commits below are counted exactly
     "generate.commit_rows=4",
     "generate.num_actors=1",
     "generate.cpus_per_actor=2",
