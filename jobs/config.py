@@ -409,11 +409,20 @@ class Config(_Section):
         return self.run.output_dir / "tables" / name
 
 
+# Keys earlier releases had: what to do with one found in a config.
+REMOVED_KEYS = {
+    "generate.batch_rows": "removed: an actor call is one block now; delete the key "
+    "(generate.commit_rows sizes blocks)",
+}
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and path in REMOVED_KEYS:
+            lines.append(f"  {path}: {REMOVED_KEYS[path]}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  {path}: unknown key (check the spelling; see conf/local.yaml)")
         else:
             lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")

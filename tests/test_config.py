@@ -26,6 +26,9 @@ def test_unknown_key_names_its_path(tmp_path):
     bad.write_text("llm:\n  max_new_tokenz: 5\n")
     with pytest.raises(ConfigError, match=r"llm\.max_new_tokenz: unknown key"):
         load_config(bad)
+    # A key an earlier release had says what to do instead.
+    with pytest.raises(ConfigError, match=r"generate\.batch_rows: removed: .*delete the key"):
+        load_config(None, ["generate.batch_rows=64"])
 
 
 def test_ill_typed_key_names_its_path_and_value():
