@@ -127,11 +127,11 @@ def answer(
 
 
 class GenerationWorker:
-    """A Ray Data actor: one loaded engine; each call answers a batch of prompt rows and
+    """A Ray Data actor: one loaded engine; each call answers one block of prompt rows and
     writes their knowledge rows as one Parquet part of the `knowledge` table.
 
     Returns one row per part (tables.PART plus what the answers cost), so no answer
-    passes through the driver. Within a batch, prompts are sorted by length and cut by
+    passes through the driver. Within a block, prompts are sorted by length and cut by
     the token budget, so each engine call pads little.
     """
 
@@ -304,7 +304,7 @@ def _by_length(rows: pa.Table) -> pa.Table:
     """Rows sorted by kind, then prompt length: each engine batch pads its prompts to its
     longest, and a block mixing short item prompts with long user prompts pads the most.
 
-    The stream path cannot afford this global sort (a shuffle); its actors sort each batch.
+    The stream path cannot afford this global sort (a shuffle); its actors sort each block.
     """
     order = pc.sort_indices(
         pa.table({"kind": rows.column("kind"), "chars": pc.utf8_length(rows.column("prompt"))}),
