@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,7 +39,50 @@ from adapters.moe import HybridExpertAdaptor
 log = logging.getLogger(__name__)
 
 KarMode = Literal["none", "cotrained", "frozen"]
-BACKBONE_NAMES: dict[str, str] = {"din": "DIN", "deepfm": "DeepFM", "dcnv2": "DCNv2"}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A reference CTR backbone: its display name and how to build it for `kar_dim` KAR inputs."""
+
+    label: str
+    build: Callable[[FeatureSizes, TrainConf, int], nn.Module]
+
+
+# adapters.config.Backbone names -> backbones (a test checks the two agree).
+BACKBONES: dict[str, BackboneSpec] = {
+    "din": BackboneSpec(
+        "DIN",
+        lambda sizes, conf, kar_dim: DIN(
+            sizes,
+            conf.embedding_dim,
+            kar_dim=kar_dim,
+            hidden=tuple(conf.dnn_hidden),
+            dropout=conf.adaptor.dropout,
+        ),
+    ),
+    "deepfm": BackboneSpec(
+        "DeepFM",
+        lambda sizes, conf, kar_dim: DeepFM(
+            sizes,
+            conf.embedding_dim,
+            kar_dim=kar_dim,
+            hidden=tuple(conf.dnn_hidden),
+            dropout=conf.adaptor.dropout,
+        ),
+    ),
+    "dcnv2": BackboneSpec(
+        "DCNv2",
+        lambda sizes, conf, kar_dim: DCNv2(
+            sizes,
+            conf.embedding_dim,
+            kar_dim,
+            conf.cross_layers,
+            hidden=tuple(conf.dnn_hidden),
+            dropout=conf.adaptor.dropout,
+        ),
+    ),
+}
 
 
 class CTRModel(nn.Module):
@@ -101,13 +145,7 @@ def seed_everything(seed: int) -> None:
 
 
 def make_backbone(name: Backbone, data: CTRData, conf: TrainConf, kar_dim: int) -> nn.Module:
-    sizes, dim = FeatureSizes.of(data), conf.embedding_dim
-    hidden, dropout = tuple(conf.dnn_hidden), conf.adaptor.dropout
-    if name == "din":
-        return DIN(sizes, dim, kar_dim=kar_dim, hidden=hidden, dropout=dropout)
-    if name == "deepfm":
-        return DeepFM(sizes, dim, kar_dim=kar_dim, hidden=hidden, dropout=dropout)
-    return DCNv2(sizes, dim, kar_dim, conf.cross_layers, hidden=hidden, dropout=dropout)
+    return BACKBONES[name].build(FeatureSizes.of(data), conf, kar_dim)
 
 
 def build_model(data: CTRData, conf: TrainConf, kar: KarMode, backbone: Backbone) -> CTRModel:
@@ -151,7 +189,7 @@ def train_and_evaluate(
     without a better validation AUC); keep the best-validation weights; score test once."""
     started = time.monotonic()
     backbone = backbone or conf.backbone
-    name = BACKBONE_NAMES[backbone] + ("" if kar == "none" else f"+KAR({kar})")
+    name = BACKBONES[backbone].label + ("" if kar == "none" else f"+KAR({kar})")
     seed_everything(seed)
     model = build_model(data, conf, kar, backbone).to(conf.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)

@@ -48,13 +48,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
-from adapters import data as ctr_data
+from adapters import gate
 from adapters.data import EntityMatrix
-from adapters.moe import TOWERS, HybridExpertAdaptor, Tower
+from adapters.moe import HybridExpertAdaptor, Tower
 from adapters.train import train_and_evaluate
-from jobs import faults, knowledge, schemas, tables
+from adapters.vectors import export
+from jobs import ctr, faults, knowledge, schemas, tables
 from jobs.config import Config
 from jobs.errors import InputError, MissingTableError
 
@@ -90,33 +90,6 @@ class AdaptResult:
 def adaptor_checkpoint(conf: Config, version_id: str) -> Path:
     """Where the adaptor behind vectors version `version_id` is saved (for new entities)."""
     return conf.run.output_dir / "models" / f"adaptor-{version_id}.pt"
-
-
-def ctr_inputs(
-    conf: Config,
-    samples: pa.Table,
-    attributes: pa.Table,
-    seed: int,
-    users: EntityMatrix | None,
-    items: EntityMatrix | None,
-) -> ctr_data.CTRData:
-    """CTR tensors from the prepared tables with the config's history, label and split settings.
-
-    Too little data is an InputError, so the CLI names it without a traceback.
-    """
-    try:
-        return ctr_data.build(
-            samples,
-            history_length=conf.prepare.ctr_history_length,
-            like_threshold=conf.prepare.label_threshold,
-            validation_fraction=conf.adapt.validation_fraction,
-            seed=seed,
-            users=users,
-            items=items,
-            attributes=attributes if attributes.num_rows else None,
-        )
-    except ctr_data.DataError as e:
-        raise InputError(str(e)) from e
 
 
 @dataclass(frozen=True)
@@ -267,55 +240,6 @@ def sample_knowledge(
     )
 
 
-def entity_matrix(rows: pa.Table, kind: Tower, column: str = "embedding") -> EntityMatrix:
-    """`kind`'s rows of an EMBEDDINGS-like (`embedding`) or VECTORS (`vector`) table as a matrix."""
-    what = {"embedding": "embeddings of current knowledge", "vector": "vectors"}[column]
-    rows = rows.filter(pc.equal(rows.column("kind"), kind))
-    if rows.num_rows == 0:
-        raise InputError(f"no {kind} {what}; run kar generate, encode and adapt")
-    dims = set(rows.column("dim").to_pylist())
-    if len(dims) != 1:
-        raise InputError(
-            f"{kind} {what} have mixed sizes {sorted(dims)}; re-encode every {kind} with "
-            "one encoder (kar encode)"
-        )
-    flat = pc.list_flatten(rows.column(column).combine_chunks())
-    values = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(rows.num_rows, -1)
-    return EntityMatrix(rows.column("entity_id").to_pylist(), values)
-
-
-def read_vectors(
-    path: Path,
-    version: int | None = None,
-    version_id: str | None = None,
-    only: tuple[pa.Array, pa.Array] | None = None,
-) -> tuple[EntityMatrix | None, EntityMatrix | None]:
-    """(user, item) vectors stored in a VECTORS table (optionally one Delta version / version id).
-
-    What a downstream ranker does with frozen vectors: they are read as stored,
-    never recomputed. A kind the table holds no vectors of is None. `only` = (user ids,
-    item ids) reads just those entities' rows (a bounded read: the gate's sample).
-    """
-    if only is None:
-        rows = tables.read(path, schemas.VECTORS, version)
-    else:
-        users, items = only
-        where = ((pc.field("kind") == "user") & pc.field("entity_id").isin(users)) | (
-            (pc.field("kind") == "item") & pc.field("entity_id").isin(items)
-        )
-        batches = list(tables.scan(path, schemas.VECTORS, version, where=where))
-        rows = pa.concat_tables(batches) if batches else schemas.VECTORS.empty_table()
-    if version_id is not None:
-        rows = rows.filter(pc.equal(rows.column("version_id"), version_id))
-    if rows.num_rows == 0:
-        raise MissingTableError(
-            f"no vectors (version {version}, version id {version_id}) at {path}"
-        )
-    kinds = set(rows.column("kind").to_pylist())
-    user, item = (entity_matrix(rows, k, "vector") if k in kinds else None for k in TOWERS)
-    return user, item
-
-
 def input_fingerprint(conf: Config, versions: dict[str, int | None], samples_total: int) -> str:
     """Hash of everything that changes the trained adaptor and its vectors: equal hash ->
     nothing to redo. Bounded: the versions of the tables read (samples, attributes,
@@ -365,40 +289,26 @@ def vector_rows(
     input_fp: str,
     created_at: datetime | None = None,
 ) -> pa.Table:
-    """The VECTORS rows of embedded entities: each text embedding through its own tower."""
-    adaptor.eval()
+    """The VECTORS rows of embedded entities (`current`: knowledge rows with their text
+    embedding): each embedding through its own tower, with the knowledge it came from."""
     created_at = created_at or datetime.now(UTC)
     parts = []
-    present = set(current.column("kind").to_pylist())
-    for kind in (k for k in TOWERS if k in present):
-        matrix = entity_matrix(current, kind)
-        with torch.no_grad():
-            chunks = torch.split(torch.from_numpy(matrix.values), 4096)
-            vectors = torch.cat([adaptor.tower(c, kind) for c in chunks]).numpy()
-        if not np.isfinite(vectors).all():
-            raise RuntimeError(f"the adaptor's {kind} tower produced non-finite vectors")
+    for kind, vectors in export(adaptor, ctr.embedding_matrices(current)).items():
         meta = current.filter(pc.equal(current.column("kind"), kind))
-        n, dim = len(matrix.ids), adaptor.conf.out_dim
         parts.append(
-            pa.table(
-                {
-                    "version_id": pa.array([version_id] * n),
-                    "kind": meta.column("kind"),
-                    "entity_id": meta.column("entity_id"),
-                    "dim": pa.array([dim] * n, pa.int32()),
-                    "vector": pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), dim),
-                    "fingerprint": meta.column("fingerprint"),
-                    "llm_model": meta.column("llm_model"),
-                    "encoder_model": meta.column("encoder_model"),
-                    "adaptor": pa.array([adaptor.describe()] * n),
-                    "input_fingerprint": pa.array([input_fp] * n),
-                    "created_at": pa.array([created_at] * n, schemas.UTC_US),
-                }
+            ctr.vector_rows(
+                kind,
+                vectors,
+                created_at,
+                version_id=version_id,
+                fingerprint=meta.column("fingerprint"),
+                llm_model=meta.column("llm_model"),
+                encoder_model=meta.column("encoder_model"),
+                adaptor=adaptor.describe(),
+                input_fingerprint=input_fp,
             )
         )
-    if not parts:
-        return schemas.VECTORS.empty_table()
-    return pa.concat_tables([tables.conform(p, schemas.VECTORS, "vectors") for p in parts])
+    return pa.concat_tables(parts) if parts else schemas.VECTORS.empty_table()
 
 
 # Entities per `vectors` file the export writes (one map_batches call).
@@ -564,9 +474,40 @@ def _versions(conf: Config) -> tuple[dict[str, int | None], int]:
 
 def run(conf: Config, run_id: str) -> AdaptResult:
     started = time.monotonic()
-    vectors_path = conf.table_path("vectors")
     versions, total = _versions(conf)
     input_fp = input_fingerprint(conf, versions, total)
+    unchanged = _unchanged(conf, input_fp, total)
+    if unchanged is not None:
+        return AdaptResult(
+            **unchanged, vectors_written=0, skipped=True, seconds=time.monotonic() - started
+        )
+    trained = _train(conf, versions, total)
+    publish, gate_fields = _gate(conf, trained, input_fp)
+    log.log(logging.INFO if publish else logging.WARNING, "%s", gate_fields["gate"])
+    result = {**trained.metrics, **gate_fields, **trained.drawn}
+    if not publish:
+        _remember_rejection(conf, input_fp, result)
+        return AdaptResult(
+            **result,
+            vectors_version=tables.version(conf.table_path("vectors")),
+            vectors_written=0,
+            skipped=True,
+            seconds=time.monotonic() - started,
+        )
+    version, written = _publish(conf, trained, versions, run_id, input_fp)
+    return AdaptResult(
+        **result,
+        vectors_version=version,
+        vectors_written=written,
+        skipped=False,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _unchanged(conf: Config, input_fp: str, total: int) -> dict | None:
+    """AdaptResult fields of the last decision on these very inputs (the live version built
+    from them, or the gate's rejection of them), so a rerun repeats it; None: train."""
+    vectors_path = conf.table_path("vectors")
     previous = _published_metrics(vectors_path, input_fp)
     if previous is not None:
         version = tables.version(vectors_path)
@@ -575,28 +516,36 @@ def run(conf: Config, run_id: str) -> AdaptResult:
             input_fp[:12],
             version,
         )
-        return AdaptResult(
+        return {
             **previous,
-            samples_total=total,
-            vectors_version=version,
-            vectors_written=0,
-            skipped=True,
-            seconds=time.monotonic() - started,
-            gate=f"inputs unchanged since vectors version {version}",
-        )
+            "samples_total": total,
+            "vectors_version": version,
+            "gate": f"inputs unchanged since vectors version {version}",
+        }
     rejected = _rejection(conf, input_fp)
     if rejected is not None:
         log.info("%s", rejected["gate"])
-        return AdaptResult(
-            **rejected,
-            vectors_version=tables.version(vectors_path),
-            vectors_written=0,
-            skipped=True,
-            seconds=time.monotonic() - started,
-        )
+        return {**rejected, "vectors_version": tables.version(vectors_path)}
+    return None
 
+
+@dataclass(frozen=True)
+class _Trained:
+    """What one training leaves for the gate and the export."""
+
+    adaptor: HybridExpertAdaptor
+    metrics: dict[str, float]  # METRICS
+    drawn: dict  # train_rows, samples_total, sampled: the AdaptResult fields of the sample
+    samples: pa.Table  # the drawn samples after their users' training prompts
+    attributes: pa.Table
+    texts: dict[Tower, EntityMatrix]  # the text embeddings trained with
+    user_knowledge: pa.Table  # the sample's users' usable knowledge (where prompts ended)
+
+
+def _train(conf: Config, versions: dict[str, int | None], total: int) -> _Trained:
+    """Draw the samples, pair each user with a leak-free text, and train the backbone alone
+    and with the co-trained adaptor on the same split, seed and epochs."""
     sample = train_sample(conf, conf.table_path("samples"), versions["samples"])
-    drawn = {"train_rows": sample.rows.num_rows, "samples_total": total, "sampled": sample.sampled}
     attributes = sample_attributes(conf, sample, versions["attributes"])
     items, user_rows, user_knowledge = sample_knowledge(conf, sample.rows, versions)
     # No leakage: each user's text is trained only against samples after its prompt.
@@ -618,11 +567,11 @@ def run(conf: Config, run_id: str) -> AdaptResult:
         sample.rows.num_rows,
         total,
     )
-
-    def build(part: pa.Table, users: EntityMatrix, items: EntityMatrix) -> ctr_data.CTRData:
-        return ctr_inputs(conf, part, attributes, conf.run.seed, users, items)
-
-    data = build(samples, entity_matrix(trained_on, "user"), entity_matrix(items, "item"))
+    texts = {
+        "user": ctr.entity_matrix(trained_on, "user"),
+        "item": ctr.entity_matrix(items, "item"),
+    }
+    data = ctr.ctr_inputs(conf, samples, attributes, conf.run.seed, texts["user"], texts["item"])
     without = train_and_evaluate(data, conf.adapt, conf.run.seed)
     with_kar = train_and_evaluate(data, conf.adapt, conf.run.seed, kar="cotrained")
     log.info(
@@ -633,68 +582,87 @@ def run(conf: Config, run_id: str) -> AdaptResult:
         without.logloss,
         with_kar.logloss,
     )
-    metrics = {
-        "auc_without": without.auc,
-        "auc_with": with_kar.auc,
-        "logloss_without": without.logloss,
-        "logloss_with": with_kar.logloss,
-    }
+    return _Trained(
+        adaptor=with_kar.model.adaptor.cpu(),
+        metrics={
+            "auc_without": without.auc,
+            "auc_with": with_kar.auc,
+            "logloss_without": without.logloss,
+            "logloss_with": with_kar.logloss,
+        },
+        drawn={
+            "train_rows": sample.rows.num_rows,
+            "samples_total": total,
+            "sampled": sample.sampled,
+        },
+        samples=samples,
+        attributes=attributes,
+        texts=texts,
+        user_knowledge=user_knowledge,
+    )
 
-    adaptor = with_kar.model.adaptor.cpu()
+
+def _gate(conf: Config, trained: _Trained, input_fp: str) -> tuple[bool, dict]:
+    """(publish?, AdaptResult's gate fields): the new vectors against the live version's,
+    both frozen (adapters.gate), on the sample's samples after both prompts: the live
+    vector's and the training text's. Only the sample's entities' vectors are read."""
+    vectors_path = conf.table_path("vectors")
     live_version = tables.version(vectors_path)
-    gate: dict = {"gate": "published: no live vectors version to compare with"}
-    if live_version is not None and conf.adapt.gate.enabled:
-        seed = conf.run.seed
-        # Scored on the sample's samples after both prompts: the live vector's and the
-        # training text's; only the sample's entities' vectors are read.
-        sample_users = pc.unique(samples.column("user_id"))
-        live_users = _vector_prompts(conf, live_version, user_knowledge, sample_users)
-        part = knowledge.after_prompts(
-            samples, live_users.column("entity_id"), live_users.column("history_end")
+    if live_version is None:
+        return True, {"gate": "published: no live vectors version to compare with"}
+    if not conf.adapt.gate.enabled:
+        return True, {"gate": "published: adapt.gate.enabled is false"}
+    samples, seed = trained.samples, conf.run.seed
+    sample_users = pc.unique(samples.column("user_id"))
+    live_users = _vector_prompts(conf, live_version, trained.user_knowledge, sample_users)
+    part = knowledge.after_prompts(
+        samples, live_users.column("entity_id"), live_users.column("history_end")
+    )
+    new = export(trained.adaptor, trained.texts)
+    only = (sample_users, pc.unique(samples.column("item_id")))
+    try:
+        live = ctr.read_vectors(vectors_path, live_version, only=only)
+        live_data = ctr.ctr_inputs(conf, part, trained.attributes, seed, *live)
+        new_data = ctr.ctr_inputs(conf, part, trained.attributes, seed, new["user"], new["item"])
+    except tables.SchemaError:
+        raise  # broken live vectors are a failure, not a reason to publish ungated
+    except InputError as e:
+        # Few users were active since the live vectors' prompts: nothing fair to score.
+        return True, {"gate": f"published: too few samples after the live vectors' prompts ({e})"}
+    tolerance = conf.adapt.gate.tolerance
+    score = gate.score(live_data, new_data, conf.adapt, seed, tolerance)
+    fields: dict = {"gate_live_auc": score.live_auc, "gate_new_auc": score.new_auc}
+    if not score.passed:
+        fields["gate"] = (
+            f"kept live vectors version {live_version}: the new vectors' held-out AUC "
+            f"{score.new_auc:.4f} is {score.live_auc - score.new_auc:.4f} below the live "
+            f"version's {score.live_auc:.4f} (adapt.gate.tolerance {tolerance})"
         )
-        new_users = vector_rows(adaptor, trained_on, run_id, input_fp)
-        new_items = vector_rows(adaptor, items, run_id, input_fp)
-        only = (sample_users, pc.unique(samples.column("item_id")))
-        try:
-            live_data = build(part, *read_vectors(vectors_path, live_version, only=only))
-            new_data = build(
-                part,
-                entity_matrix(new_users, "user", "vector"),
-                entity_matrix(new_items, "item", "vector"),
-            )
-        except tables.SchemaError:
-            raise  # broken live vectors are a failure, not a reason to publish ungated
-        except InputError as e:
-            # Few users were active since the live vectors' prompts: nothing fair to score.
-            gate["gate"] = f"published: too few samples after the live vectors' prompts ({e})"
-        else:
-            live = train_and_evaluate(live_data, conf.adapt, seed, "frozen")
-            new = train_and_evaluate(new_data, conf.adapt, seed, "frozen")
-            gate = _gate(conf, live_version, live.auc, new.auc)
-        if gate["gate"].startswith("kept"):
-            log.warning("%s", gate["gate"])
-            _remember_rejection(conf, input_fp, {**metrics, **gate, **drawn})
-            return AdaptResult(
-                **metrics,
-                **gate,
-                **drawn,
-                vectors_version=live_version,
-                vectors_written=0,
-                skipped=True,
-                seconds=time.monotonic() - started,
-            )
-    elif live_version is not None:
-        gate["gate"] = "published: adapt.gate.enabled is false"
-    log.info("%s", gate["gate"])
+    else:
+        fields["gate"] = (
+            f"published: held-out AUC {score.new_auc:.4f} with the new vectors vs "
+            f"{score.live_auc:.4f} with live version {live_version} (adapt.gate.tolerance "
+            f"{tolerance})"
+        )
+    return score.passed, fields
 
+
+def _publish(
+    conf: Config,
+    trained: _Trained,
+    versions: dict[str, int | None],
+    run_id: str,
+    input_fp: str,
+) -> tuple[int, int]:
+    """(vectors version, vectors written): save the adaptor, export every entity's vector
+    and commit them all in one overwrite: the vectors table is one version per adapt, and a
+    run killed before the commit leaves the live version as it was."""
     checkpoint = adaptor_checkpoint(conf, run_id)
-    adaptor.save(checkpoint, input_fingerprint=input_fp, version_id=run_id)
-    parts = export_vectors(conf, adaptor, versions, run_id, input_fp)
+    trained.adaptor.save(checkpoint, input_fingerprint=input_fp, version_id=run_id)
+    parts = export_vectors(conf, trained.adaptor, versions, run_id, input_fp)
     faults.point("adapt:before-vectors")
-    # One overwrite commit of every part: the vectors table is one version per adapt, and a
-    # run killed before it leaves the live version as it was.
     version = tables.commit_parts(
-        vectors_path,
+        conf.table_path("vectors"),
         parts,
         schemas.VECTORS,
         mode="overwrite",
@@ -702,41 +670,14 @@ def run(conf: Config, run_id: str) -> AdaptResult:
             "run_id": run_id,
             "input_fingerprint": input_fp,
             "adaptor_checkpoint": str(checkpoint),
-            **{k: repr(v) for k, v in metrics.items()},
+            **{k: repr(v) for k, v in trained.metrics.items()},
             # Provenance of the training data: how many samples, and whether sampled.
-            "train_rows": str(sample.rows.num_rows),
-            "samples_total": str(total),
-            "train_sampled": str(sample.sampled),
+            "train_rows": str(trained.drawn["train_rows"]),
+            "samples_total": str(trained.drawn["samples_total"]),
+            "train_sampled": str(trained.drawn["sampled"]),
         },
     )
-    return AdaptResult(
-        **metrics,
-        **gate,
-        **drawn,
-        vectors_version=version,
-        vectors_written=sum(p["rows"] for p in parts),
-        skipped=False,
-        seconds=time.monotonic() - started,
-    )
-
-
-def _gate(conf: Config, live_version: int, live_auc: float, new_auc: float) -> dict:
-    """The gate's decision: "kept ..." when the new AUC is below the live one by more than
-    adapt.gate.tolerance, "published ..." otherwise."""
-    tolerance = conf.adapt.gate.tolerance
-    gate: dict = {"gate_live_auc": live_auc, "gate_new_auc": new_auc}
-    if new_auc < live_auc - tolerance:
-        gate["gate"] = (
-            f"kept live vectors version {live_version}: the new vectors' held-out AUC "
-            f"{new_auc:.4f} is {live_auc - new_auc:.4f} below the live version's "
-            f"{live_auc:.4f} (adapt.gate.tolerance {tolerance})"
-        )
-    else:
-        gate["gate"] = (
-            f"published: held-out AUC {new_auc:.4f} with the new vectors vs {live_auc:.4f} "
-            f"with live version {live_version} (adapt.gate.tolerance {tolerance})"
-        )
-    return gate
+    return version, sum(p["rows"] for p in parts)
 
 
 def _vector_prompts(conf: Config, version: int, know: pa.Table, users: pa.Array) -> pa.Table:

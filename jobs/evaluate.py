@@ -42,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +52,11 @@ from tqdm.auto import tqdm
 
 from adapters import data as ctr_data
 from adapters.data import EntityMatrix
-from adapters.moe import TOWERS, Tower
-from adapters.train import BACKBONE_NAMES, CTRModel, KarMode, TrainResult, train_and_evaluate
+from adapters.moe import TOWERS, HybridExpertAdaptor, Tower
+from adapters.train import BACKBONES, KarMode, TrainResult, train_and_evaluate
+from adapters.vectors import export
 from encoders.inputs import encoder_input
-from jobs import knowledge, schemas, tables
-from jobs.adapt import ctr_inputs, read_vectors, vector_rows
+from jobs import ctr, knowledge, schemas, tables
 from jobs.config import Backbone, Config
 from jobs.errors import InputError
 
@@ -237,7 +238,7 @@ def text_matrices(
 
 
 def _frozen_vectors(
-    result_model: CTRModel,
+    adaptor: HybridExpertAdaptor,
     matrices: dict[Tower, EntityMatrix],
     path: Path,
     version_id: str,
@@ -245,25 +246,23 @@ def _frozen_vectors(
     enc: str,
 ) -> tuple[EntityMatrix | None, EntityMatrix | None]:
     """Export the co-trained adaptor's vectors to a VECTORS table and read them back as stored."""
-    parts = []
-    for kind, m in matrices.items():
-        n = len(m.ids)
-        parts.append(
-            pa.table(
-                {
-                    "kind": [kind] * n,
-                    "entity_id": m.ids,
-                    "fingerprint": [version_id] * n,
-                    "llm_model": [llm] * n,
-                    "encoder_model": [enc] * n,
-                    "dim": pa.array([m.dim] * n, pa.int32()),
-                    "embedding": pa.array(list(m.values), schemas.VECTOR),
-                }
-            )
+    now = datetime.now(UTC)
+    rows = pa.concat_tables(
+        ctr.vector_rows(
+            kind,
+            vectors,
+            now,
+            version_id=version_id,
+            fingerprint=version_id,
+            llm_model=llm,
+            encoder_model=enc,
+            adaptor=adaptor.describe(),
+            input_fingerprint=version_id,
         )
-    rows = vector_rows(result_model.adaptor.cpu(), pa.concat_tables(parts), version_id, version_id)
+        for kind, vectors in export(adaptor, matrices).items()
+    )
     version = tables.overwrite(path, rows, schemas.VECTORS, metadata={"version_id": version_id})
-    return read_vectors(path, version, version_id)
+    return ctr.read_vectors(path, version, version_id)
 
 
 def run(conf: Config) -> dict:
@@ -344,7 +343,7 @@ def evaluate_seed(
     runs: list[Run] = []
 
     def build(users: EntityMatrix | None, items: EntityMatrix | None) -> ctr_data.CTRData:
-        return ctr_inputs(conf, split, attributes, seed, users, items)
+        return ctr.ctr_inputs(conf, split, attributes, seed, users, items)
 
     def train(data: ctr_data.CTRData, backbone: Backbone, text: str, mode: KarMode) -> TrainResult:
         r = train_and_evaluate(data, conf.adapt, seed, mode, backbone)
@@ -367,7 +366,7 @@ def evaluate_seed(
         if din is None:  # frozen vectors always come from a DIN-co-trained adaptor
             din = train_and_evaluate(data, conf.adapt, seed, "cotrained", "din")
         frozen = _frozen_vectors(
-            din.model,
+            din.model.adaptor.cpu(),
             matrices,
             work_dir / "tables" / "vectors",
             f"{variant}-seed{seed}",
@@ -407,7 +406,7 @@ def summarize(runs: list[Run]) -> list[Row]:
         rs = sorted(rs, key=lambda r: r.seed)
         lifts = [r.auc - base[(backbone, r.seed)] for r in rs] if mode != "none" else []
         rows.append(Row(backbone, text, mode, [r.auc for r in rs], [r.logloss for r in rs], lifts))
-    order = {b: i for i, b in enumerate(BACKBONE_NAMES)}
+    order = {b: i for i, b in enumerate(BACKBONES)}
     return sorted(rows, key=lambda r: (order[r.backbone], r.mode != "none", r.text, r.mode))
 
 
@@ -446,7 +445,7 @@ def render_report(
         text = "-" if row.text == "none" else TEXT_LABELS[row.text]
         eps = ",".join(map(str, epochs[(row.backbone, row.text, row.mode)]))
         lines.append(
-            f"| {BACKBONE_NAMES[row.backbone]} | {row.mode} | {text} | {auc:.4f} ± {auc_sd:.4f} "
+            f"| {BACKBONES[row.backbone].label} | {row.mode} | {text} | {auc:.4f} ± {auc_sd:.4f} "
             f"| {ll:.4f} ± {ll_sd:.4f} | {lift_cell} | {per_seed} | {eps} |"
         )
     for variant, why in skipped.items():
@@ -469,7 +468,7 @@ def plot_lifts(rows: list[Row], path: Path, title: str) -> None:
     if not rows:
         return
     labels = [
-        f"{BACKBONE_NAMES[r.backbone]} {r.mode}: {TEXT_LABELS[r.text].split(':')[0]}" for r in rows
+        f"{BACKBONES[r.backbone].label} {r.mode}: {TEXT_LABELS[r.text].split(':')[0]}" for r in rows
     ]
     means = [_mean_std(r.lifts)[0] for r in rows]
     stds = [_mean_std(r.lifts)[1] for r in rows]

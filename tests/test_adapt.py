@@ -11,7 +11,7 @@ import torch
 from table_rows import knowledge_row, knowledge_table, vectors_table
 
 from adapters.moe import HybridExpertAdaptor
-from jobs import adapt, knowledge, schemas, tables
+from jobs import adapt, ctr, knowledge, schemas, tables
 from jobs.errors import MissingTableError
 
 T0 = datetime(2026, 11, 16, tzinfo=UTC)
@@ -199,13 +199,13 @@ def test_read_vectors_returns_exactly_the_stored_values(make_config):
     values = {("user", f"u{u}"): rng.standard_normal(6).astype(np.float32) for u in range(5)}
     values |= {("item", f"i{i}"): rng.standard_normal(6).astype(np.float32) for i in range(3)}
     write_live_vectors(conf, values)
-    users, items = adapt.read_vectors(conf.table_path("vectors"), version_id="live")
+    users, items = ctr.read_vectors(conf.table_path("vectors"), version_id="live")
     for matrix, kind in ((users, "user"), (items, "item")):
         for eid, row in zip(matrix.ids, matrix.values, strict=True):
             assert np.array_equal(row, values[(kind, eid)])
     assert len(users.ids) == 5 and len(items.ids) == 3
     with pytest.raises(MissingTableError, match="version id nope"):
-        adapt.read_vectors(conf.table_path("vectors"), version_id="nope")
+        ctr.read_vectors(conf.table_path("vectors"), version_id="nope")
 
 
 def answer_everything(conf, when: datetime) -> dict[str, dict]:
@@ -239,13 +239,13 @@ def test_no_training_sample_is_inside_its_users_prompt(make_config, spark, ml100
     from jobs import prepare
 
     seen: list[tuple[pa.Table, adapt.EntityMatrix]] = []
-    real = adapt.ctr_inputs
+    real = ctr.ctr_inputs
 
     def spy(conf, samples, attributes, seed, users, items):
         seen.append((samples, users))
         return real(conf, samples, attributes, seed, users, items)
 
-    monkeypatch.setattr(adapt, "ctr_inputs", spy)
+    monkeypatch.setattr(ctr, "ctr_inputs", spy)
     common = ["data.sample.max_items=40", "data.sample.max_users=30", "adapt.epochs=1"]
     titles = {
         r["item_id"]: r["title"]

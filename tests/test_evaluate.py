@@ -14,7 +14,7 @@ from test_adapters import build, synthetic
 
 from adapters.data import EntityMatrix
 from adapters.train import build_model
-from jobs import adapt, evaluate, schemas, tables
+from jobs import ctr, evaluate, schemas, tables
 from jobs.config import AdaptConf
 
 NOW = datetime(2026, 11, 16, tzinfo=UTC)
@@ -28,7 +28,7 @@ def test_frozen_backbone_reads_exactly_the_stored_vectors(make_config):
     conf = make_config()
     write_live_vectors(conf, stored)
 
-    frozen_users, frozen_items = adapt.read_vectors(conf.table_path("vectors"))
+    frozen_users, frozen_items = ctr.read_vectors(conf.table_path("vectors"))
     data = build(samples, frozen_users, frozen_items)
     for backbone in ("din", "deepfm", "dcnv2"):
         model = build_model(data, AdaptConf(), "frozen", backbone)
@@ -169,7 +169,12 @@ def test_exported_vectors_are_the_adaptor_towers(make_config, tmp_path):
     samples, users, items = synthetic(quality=0.5, taste=0.3, n_users=30, n_items=20)
     model = build_model(build(samples, users, items), AdaptConf(), "cotrained", "din").eval()
     got_users, got_items = evaluate._frozen_vectors(
-        model, {"user": users, "item": items}, tmp_path / "vectors", "kar-seed1", "llm", "enc"
+        model.adaptor,
+        {"user": users, "item": items},
+        tmp_path / "vectors",
+        "kar-seed1",
+        "llm",
+        "enc",
     )
     with torch.no_grad():
         want = model.adaptor.tower(torch.from_numpy(users.values), "user").numpy()
