@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from jobs import logs, publish, schemas, tables
+from jobs import feature_store, logs, publish, schemas, tables
 from jobs.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def main() -> None:
         started = time.perf_counter()
         publish.run(conf, online=True)
         publish_s = time.perf_counter() - started
-        store, _ = publish.feature_store(conf)
+        store, _ = feature_store.feature_store(conf)
         rng = np.random.default_rng(args.seed + 1)
         print(
             f"online store {args.online_store}: {args.users} users + {args.items} items, "

@@ -20,8 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs import publish, tables
+from jobs import tables
 from jobs.config import Config
+from jobs.feature_store import feature_store
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _delete_online(conf: Config, kind: str, entity_id: str) -> bool:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    store, _ = publish.feature_store(conf)
+    store, _ = feature_store(conf)
     cfg = store.config
     key = EntityKey(join_keys=[f"{kind}_id"], entity_values=[Value(string_val=entity_id)])
     version = cfg.entity_key_serialization_version

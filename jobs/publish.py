@@ -22,21 +22,19 @@ the feature tables' rows).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import faults, schemas, tables
-from jobs.config import Config, ConfigError
+from jobs.config import Config
+from jobs.feature_store import online_store
 from jobs.vectors import Snapshot, batches, resolve
 
 if TYPE_CHECKING:
@@ -49,7 +47,6 @@ FEATURE_TABLES = (
     ("user", "features_user", schemas.USER_FEATURES, "user_id", "reasoning"),
     ("item", "features_item", schemas.ITEM_FEATURES, "item_id", "fact"),
 )
-DEFINITIONS_FILE = "kar_features.py"
 
 
 @dataclass(frozen=True)
@@ -127,47 +124,6 @@ def publish_batches(
             log.info("%s already holds vectors version %d", name, snapshot.version)
         versions[name] = tables.version(path)
     return counts, versions
-
-
-def _repo_file(conf: Config) -> Path:
-    store = conf.feature_store.online_store
-    name = "feature_store.yaml" if store == "sqlite" else f"feature_store.{store}.yaml"
-    path = conf.feature_store.repo / name
-    if not path.exists():
-        raise ConfigError(
-            f"feature_store.repo: {path} does not exist; point feature_store.repo at a Feast repo "
-            "like conf/feast (with feature_store.yaml and kar_features.py)"
-        )
-    return path
-
-
-def feature_store(conf: Config) -> tuple[FeatureStore, ModuleType]:
-    """The configured Feast store and the repo's definitions module, paths set from `conf`."""
-    from feast import FeatureStore
-
-    yaml_file = _repo_file(conf)
-    feast_dir = (conf.run.output_dir / "feast").resolve()
-    feast_dir.mkdir(parents=True, exist_ok=True)
-    # feature_store*.yaml and kar_features.py read these; see conf/feast/feature_store.yaml.
-    os.environ["KAR_FEAST_DIR"] = str(feast_dir)
-    os.environ["KAR_FEAST_TABLES"] = str((conf.run.output_dir / "tables").resolve())
-    os.environ["KAR_REDIS"] = conf.feature_store.redis
-    spec = importlib.util.spec_from_file_location(
-        "kar_feast_definitions", conf.feature_store.repo / DEFINITIONS_FILE
-    )
-    if spec is None or spec.loader is None or not Path(spec.origin or "").exists():
-        raise ConfigError(f"feature_store.repo: no {DEFINITIONS_FILE} in {conf.feature_store.repo}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    store = FeatureStore(repo_path=str(conf.feature_store.repo), fs_yaml_file=yaml_file)
-    return store, module
-
-
-def online_store(conf: Config) -> FeatureStore:
-    """The Feast store with the repo's definitions applied, ready for online writes."""
-    store, definitions = feature_store(conf)
-    store.apply(definitions.DEFINITIONS)
-    return store
 
 
 def run(conf: Config, online: bool = False) -> PublishResult:

@@ -16,7 +16,7 @@ from table_rows import (
     vectors_table,
 )
 
-from jobs import cli, publish, schemas, tables
+from jobs import cli, feature_store, publish, schemas, tables
 
 USERS, ITEMS = ["u1", "u2", "o'brien"], ["i1", "i2"]
 
@@ -62,7 +62,7 @@ def holds(conf, kind: str, entity_id: str) -> list[str]:
         t = tables.open_table(conf.table_path(name)).to_pyarrow_table()
         if pc.any(pc.equal(t[column], entity_id)).as_py():
             found.append(name)
-    store, _ = publish.feature_store(conf)
+    store, _ = feature_store.feature_store(conf)
     view, feature = ("kar_user", "reasoning") if kind == "user" else ("kar_item", "fact")
     online = store.get_online_features(
         features=[f"{view}:{feature}"], entity_rows=[{f"{kind}_id": entity_id}]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from table_rows import embedding_row, knowledge_row, sample_row, table_of, vectors_table
 
-from jobs import publish, schemas, tables
+from jobs import feature_store, schemas, tables
 from jobs.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_kill_9_of_publish_between_the_offline_and_online_stores(make_config):
     assert kar(conf, "publish --online") == 0
     assert assert_unique(conf, "features_user", ["user_id", "vectors_version"]) == 5
     assert assert_unique(conf, "features_item", ["item_id", "vectors_version"]) == 3
-    store, _ = publish.feature_store(conf)
+    store, _ = feature_store.feature_store(conf)
     online = store.get_online_features(
         features=["kar_user:reasoning"], entity_rows=[{"user_id": f"u{i}"} for i in range(5)]
     ).to_dict()

@@ -11,7 +11,7 @@ import redis
 from deltalake import DeltaTable
 from table_rows import vectors_table
 
-from jobs import publish, schemas, tables, vectors
+from jobs import feature_store, publish, schemas, tables, vectors
 from jobs.config import Config
 
 N_USERS, N_ITEMS, DIM = 40, 30, 32
@@ -38,7 +38,7 @@ def delta_vectors(conf: Config) -> dict[tuple[str, str], np.ndarray]:
 
 def assert_online_equals_delta(conf: Config) -> None:
     expected = delta_vectors(conf)
-    store, _ = publish.feature_store(conf)
+    store, _ = feature_store.feature_store(conf)
     version = vectors.resolve(conf.table_path("vectors")).version
     for kind, view, feature in (("user", "kar_user", "reasoning"), ("item", "kar_item", "fact")):
         ids = sorted(i for k, i in expected if k == kind)
@@ -79,7 +79,7 @@ def test_publish_online_sqlite_round_trip_and_new_version(make_config):
     assert users.num_rows == N_USERS + N_USERS - 5
     # Feast cannot delete single entity keys: an entity missing from the new version keeps
     # its old online row, and its vectors_version tells a ranking service it is stale.
-    store, _ = publish.feature_store(conf)
+    store, _ = feature_store.feature_store(conf)
     dropped = store.get_online_features(
         features=["kar_user:vectors_version"], entity_rows=[{"user_id": f"u{N_USERS - 1}"}]
     ).to_dict()
