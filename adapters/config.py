@@ -6,6 +6,8 @@ loaded and checked anywhere; the job's config (jobs/config.py) composes them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,6 +17,36 @@ Backbone = Literal["din", "deepfm", "dcnv2"]
 
 class _Conf(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True)
+class AdaptorKind:
+    """What one adaptor kind builds from the settings, and which setting it cannot do without."""
+
+    # (shared experts, dedicated experts per tower) of a conf of this kind
+    experts: Callable[[AdaptorConf], tuple[int, int]]
+    # Its expert settings as they appear in the architecture tag of every exported vector.
+    tag: Callable[[AdaptorConf], str]
+    # The expert setting that must be >= 1, and the advice when it is 0.
+    needs: str | None = None
+    advice: str = ""
+
+
+ADAPTOR_KINDS: dict[str, AdaptorKind] = {
+    "hybrid_moe": AdaptorKind(
+        lambda c: (c.shared_experts, c.dedicated_experts),
+        lambda c: f"shared={c.shared_experts},dedicated={c.dedicated_experts},",
+        "dedicated_experts",
+        "(or use kind 'moe' for shared experts only)",
+    ),
+    "moe": AdaptorKind(
+        lambda c: (c.shared_experts, 0),
+        lambda c: f"shared={c.shared_experts},",
+        "shared_experts",
+        "(it mixes shared experts only)",
+    ),
+    "mlp": AdaptorKind(lambda c: (0, 1), lambda c: ""),
+}
 
 
 class AdaptorConf(_Conf):
@@ -34,14 +66,20 @@ class AdaptorConf(_Conf):
 
     @model_validator(mode="after")
     def _experts_for_kind(self) -> AdaptorConf:
-        if self.kind == "hybrid_moe" and self.dedicated_experts == 0:
-            raise ValueError(
-                "kind 'hybrid_moe' needs dedicated_experts >= 1 (or use kind 'moe' for shared "
-                "experts only)"
-            )
-        if self.kind == "moe" and self.shared_experts == 0:
-            raise ValueError("kind 'moe' mixes shared experts only: set shared_experts >= 1")
+        kind = ADAPTOR_KINDS[self.kind]
+        if kind.needs is not None and getattr(self, kind.needs) == 0:
+            raise ValueError(f"kind {self.kind!r} needs {kind.needs} >= 1 {kind.advice}")
         return self
+
+    @property
+    def experts(self) -> tuple[int, int]:
+        """(shared experts, dedicated experts per tower) this kind builds."""
+        return ADAPTOR_KINDS[self.kind].experts(self)
+
+    @property
+    def tag(self) -> str:
+        """This kind's expert settings, as the architecture tag shows them."""
+        return ADAPTOR_KINDS[self.kind].tag(self)
 
 
 class TrainConf(_Conf):

@@ -46,11 +46,7 @@ class HybridExpertAdaptor(nn.Module):
             )
         self.conf = conf
         self.user_dim, self.item_dim = user_dim, item_dim
-        n_shared, n_dedicated = {
-            "hybrid_moe": (conf.shared_experts, conf.dedicated_experts),
-            "moe": (conf.shared_experts, 0),
-            "mlp": (0, 1),
-        }[conf.kind]
+        n_shared, n_dedicated = conf.experts
         if n_shared and user_dim != item_dim:
             raise ValueError(
                 f"adapt.adaptor.shared_experts={n_shared} needs user and item "
@@ -101,12 +97,7 @@ class HybridExpertAdaptor(nn.Module):
         """Architecture tag stored next to every exported vector."""
         c = self.conf
         hidden = "x".join(str(h) for h in c.hidden) or "none"
-        experts = {
-            "hybrid_moe": f"shared={c.shared_experts},dedicated={c.dedicated_experts},",
-            "moe": f"shared={c.shared_experts},",
-            "mlp": "",
-        }[c.kind]
-        return f"{c.kind}({experts}hidden={hidden},out={c.out_dim})"
+        return f"{c.kind}({c.tag}hidden={hidden},out={c.out_dim})"
 
     def save(self, path: Path, **metadata: str) -> None:
         """Weights plus what rebuilds the module, so new entities can be encoded later."""

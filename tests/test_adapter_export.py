@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapters.config import AdaptorConf, Backbone
+from adapters.config import ADAPTOR_KINDS, AdaptorConf, Backbone
 from adapters.data import EntityMatrix
 from adapters.gate import GateScore
 from adapters.moe import HybridExpertAdaptor
@@ -58,3 +58,9 @@ def test_gate_passes_within_tolerance_below_the_live_auc(live, new, passed):
 
 def test_every_configurable_backbone_has_a_builder():
     assert set(BACKBONES) == set(get_args(Backbone))
+
+
+def test_every_configurable_adaptor_kind_is_registered():
+    kinds = get_args(AdaptorConf.model_fields["kind"].annotation)
+    assert set(ADAPTOR_KINDS) == set(kinds)
+    assert [AdaptorConf(kind=k).experts for k in kinds] == [(2, 5), (2, 0), (0, 1)]
