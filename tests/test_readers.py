@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.config import DataConf, FileConf
-from jobs.readers import DataError, RawData, read
+from jobs.readers import FORMATS, DataError, RawData, read
 
 INTERACTIONS = [
     ("user_id", "string"),
@@ -49,6 +50,12 @@ def _set_field(line_no: int, index: int, value: str) -> Callable[[list[str]], No
         lines[line_no - 1] = "\t".join(fields)
 
     return edit
+
+
+def test_every_configurable_format_has_a_reader_and_no_other() -> None:
+    """A format the config accepts without a reader would fail only at run time (KeyError)."""
+    accepted = typing.get_args(DataConf.model_fields["format"].annotation)
+    assert sorted(FORMATS) == sorted(accepted)
 
 
 def test_movielens_100k_reads_whole_and_typed(spark, ml100k: Path) -> None:

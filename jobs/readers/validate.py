@@ -1,4 +1,5 @@
-"""Raw inputs -> three normalized Spark DataFrames, validated at the boundary.
+"""The validation engine every input format shares: raw files in, typed and checked Spark
+DataFrames out, so each format only says where its columns are and what they must hold.
 
 A bad row fails the run here, naming its file, exact 1-based line (row index for Parquet),
 column and value, instead of surfacing as a null deep inside prepare or the adaptor.
@@ -7,14 +8,6 @@ Scaling: everything runs in Spark, nothing is collected. Text is read with `spar
 each line keeps its position (file, split start, row id within the split), and only the first
 bad line is turned into a line number, by counting the lines before it. The happy path costs
 one validation pass per file plus the duplicate-id and unknown-item checks.
-
-Formats (`data.format`):
-- movielens-100k: RecBole atomic files (`ml-100k.inter/.item/.user`, tab-separated, typed
-  header such as `user_id:token`), as fetched by `python -m jobs.datasets`.
-- movielens-1m: the raw ML-1M `ratings.dat`, `movies.dat`, `users.dat` (`::`-separated,
-  latin-1 encoded); age and occupation codes are decoded to words for the prompts.
-- generic: CSV (one record per line) or Parquet, with `columns` mapping our names to the
-  file's. CSV without a header names its columns `_c0`, `_c1`, ... (Spark's convention).
 """
 
 from __future__ import annotations
@@ -22,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -41,55 +34,6 @@ POSITION = ("_file", "_block", "_pos")
 # `_found` of a CSV line whose quotes do not close on it (a quoted newline): such a file is
 # read record by record (_csv_records).
 _OPEN_QUOTE = -2
-ML100K_FILES = {"interactions": "ml-100k.inter", "items": "ml-100k.item", "users": "ml-100k.user"}
-ML1M_FILES = {"interactions": "ratings.dat", "items": "movies.dat", "users": "users.dat"}
-ML1M_COLUMNS = {
-    "interactions": ["UserID", "MovieID", "Rating", "Timestamp"],
-    "items": ["MovieID", "Title", "Genres"],
-    "users": ["UserID", "Gender", "Age", "Occupation", "Zip-code"],
-}
-# ML-1M README: users.dat stores age groups and occupations as codes.
-ML1M_AGES = {
-    "1": "under-18",
-    "18": "18-24",
-    "25": "25-34",
-    "35": "35-44",
-    "45": "45-49",
-    "50": "50-55",
-    "56": "56+",
-}
-ML1M_OCCUPATIONS = dict(
-    enumerate(
-        [
-            "other",
-            "academic/educator",
-            "artist",
-            "clerical/admin",
-            "college/grad student",
-            "customer service",
-            "doctor/health care",
-            "executive/managerial",
-            "farmer",
-            "homemaker",
-            "K-12 student",
-            "lawyer",
-            "programmer",
-            "retired",
-            "sales/marketing",
-            "scientist",
-            "self-employed",
-            "technician/engineer",
-            "tradesman/craftsman",
-            "unemployed",
-            "writer",
-        ]
-    )
-)
-GENDERS = {"M": "male", "F": "female"}
-GENERIC_KEYS = {
-    "interactions": ("user_id", "item_id", "rating", "timestamp"),
-    "items": ("item_id", "title", "genres"),
-}
 
 
 @dataclass(frozen=True)
@@ -107,7 +51,7 @@ class DataError(InputError):
     """An input file is unusable; the message names file, line (or row), column, value and fix."""
 
 
-class _Kind(Enum):
+class Kind(Enum):
     """What a cell must hold; decides its Spark type and which values are errors."""
 
     ID = "id"  # non-empty string (trimmed)
@@ -118,11 +62,11 @@ class _Kind(Enum):
 
 
 @dataclass(frozen=True)
-class _Field:
+class Field:
     """One of our columns: the file column it comes from and what it must hold."""
 
     column: str
-    kind: _Kind
+    kind: Kind
     # False: a column the file may lack (read as null); True: missing it is a DataError.
     required: bool = True
     # NUMBER: values outside [min, max] are a DataError (the rating scale).
@@ -130,7 +74,7 @@ class _Field:
 
 
 @dataclass(frozen=True)
-class _Raw:
+class Raw:
     """One input's cells by file column, each row keeping its position for error messages."""
 
     path: str  # as configured, shown in messages
@@ -156,7 +100,7 @@ def _display(file_uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme in ("", "file") else file_uri
 
 
-def _where(raw: _Raw, file: str, block: int, pos: int) -> str:
+def _where(raw: Raw, file: str, block: int, pos: int) -> str:
     """'<file>, line N' (exact, 1-based) for text; '<file>, row index N' for Parquet."""
     shown = raw.path if Path(raw.path).is_file() else _display(file)
     if raw.records:
@@ -168,7 +112,7 @@ def _where(raw: _Raw, file: str, block: int, pos: int) -> str:
     return f"{shown}, line {line}"
 
 
-def _exists(path: Path | str, what: str, fix: str) -> str:
+def exists(path: Path | str, what: str, fix: str) -> str:
     """The path as text; a missing path, or a folder without data files, is a DataError.
 
     A folder (a dataset Spark or another engine wrote as part files) is read whole;
@@ -219,7 +163,7 @@ def _first_line(spark: SparkSession, path: str, encoding: str, what: str) -> str
     return row[0]
 
 
-def _split_text(
+def split_text_file(
     spark: SparkSession,
     path: str,
     what: str,
@@ -227,7 +171,7 @@ def _split_text(
     encoding: str,
     columns: list[str] | None,
     hint: str,
-) -> _Raw:
+) -> Raw:
     """A separator-delimited text file without quoting (MovieLens); header when `columns` is None.
 
     A header of RecBole's typed form (`user_id:token`) is read without the `:type` suffix.
@@ -246,14 +190,14 @@ def _split_text(
         *[F.get(parts, i).alias(f"_c{i}") for i in range(len(columns))],
     )
     types = dict.fromkeys(columns, T.StringType())
-    return _Raw(path, what, columns, types, rows, lines, separator, hint, encoding)
+    return Raw(path, what, columns, types, rows, lines, separator, hint, encoding)
 
 
-def _csv(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
+def csv_file(spark: SparkSession, fc: FileConf, what: str, hint: str) -> Raw:
     """A generic CSV quoted as CSV writers do (RFC 4180): a quoted field may hold the
     delimiter, doubled quotes (`"a ""b"" c"`) and newlines. Read line by line, so errors
     name exact lines; a file with a quoted newline is read record by record instead."""
-    path = _exists(fc.path, what, f"Fix data.{what}.path.")
+    path = exists(fc.path, what, f"Fix data.{what}.path.")
     quoting = {"sep": fc.delimiter, "quote": '"', "escape": '"'}
     names = (
         spark.read.options(header=fc.header, inferSchema=False, encoding=fc.encoding, **quoting)
@@ -281,12 +225,12 @@ def _csv(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
     if rows.where(F.col("_found") == _OPEN_QUOTE).limit(1).count():
         # A quoted field holds a newline: parse records, not lines (positions become records).
         return _csv_records(spark, fc, path, what, hint, names)
-    return _Raw(path, what, names, types, rows, lines, fc.delimiter, hint, fc.encoding)
+    return Raw(path, what, names, types, rows, lines, fc.delimiter, hint, fc.encoding)
 
 
 def _csv_records(
     spark: SparkSession, fc: FileConf, path: str, what: str, hint: str, names: list[str]
-) -> _Raw:
+) -> Raw:
     """A CSV whose quoted fields may span lines, parsed record by record (Spark's multiLine
     reader: a file is one partition, so ids within it count its records in order)."""
     schema = T.StructType(
@@ -322,12 +266,12 @@ def _csv_records(
         *[F.col(f"_c{i}") for i in range(len(names))],
     )
     types = dict.fromkeys(names, T.StringType())
-    return _Raw(path, what, names, types, rows, None, fc.delimiter, hint, fc.encoding, True)
+    return Raw(path, what, names, types, rows, None, fc.delimiter, hint, fc.encoding, True)
 
 
-def _parquet(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
+def parquet_file(spark: SparkSession, fc: FileConf, what: str, hint: str) -> Raw:
     """A Parquet file or directory; errors point at the row index within its file."""
-    path = _exists(fc.path, what, f"Fix data.{what}.path.")
+    path = exists(fc.path, what, f"Fix data.{what}.path.")
     df = spark.read.parquet(path)
     names = df.columns
     rows = df.select(
@@ -339,7 +283,7 @@ def _parquet(spark: SparkSession, fc: FileConf, what: str, hint: str) -> _Raw:
         *[F.col(f"`{name}`").alias(f"_c{i}") for i, name in enumerate(names)],
     )
     types = {f.name: f.dataType for f in df.schema.fields}
-    return _Raw(path, what, names, types, rows, None, None, hint)
+    return Raw(path, what, names, types, rows, None, None, hint)
 
 
 _NUMERIC = (T.NumericType, T.BooleanType)
@@ -351,7 +295,7 @@ def _label(column: str, name: str) -> str:
     return f"'{column}'" + ("" if column == name else f" ({name})")
 
 
-def _typed(raw: _Raw, name: str, field: _Field) -> tuple[Column, list[tuple[Column, str]]]:
+def _typed(raw: Raw, name: str, field: Field) -> tuple[Column, list[tuple[Column, str]]]:
     """The cell as its Spark type, and (condition, problem) pairs that make the row bad."""
     if field.column not in raw.columns:
         return F.lit(None).cast("string"), []
@@ -365,11 +309,11 @@ def _typed(raw: _Raw, name: str, field: _Field) -> tuple[Column, list[tuple[Colu
         )
     text = F.trim(v.cast("string"))
     empty = text.isNull() | (text == "")
-    if field.kind in (_Kind.ID, _Kind.TEXT):
+    if field.kind in (Kind.ID, Kind.TEXT):
         return text, [(empty, "empty")]
-    if field.kind == _Kind.OPTIONAL:
+    if field.kind == Kind.OPTIONAL:
         return F.when(~empty, text), []
-    if field.kind == _Kind.NUMBER:
+    if field.kind == Kind.NUMBER:
         if isinstance(dtype, _DATETIME):
             raise DataError(f"{raw.path}: column {label} holds dates; expected a number.")
         number = (text if isinstance(dtype, T.StringType) else v).try_cast("double")
@@ -399,7 +343,7 @@ _PROBLEMS = {
 }
 
 
-def _delimiter_hint(raw: _Raw, line: str | None = None) -> str | None:
+def _delimiter_hint(raw: Raw, line: str | None = None) -> str | None:
     """The delimiter a header that landed in one column (or a data line) seems to use."""
     if raw.separator is None:
         return None
@@ -419,7 +363,7 @@ def _delimiter_hint(raw: _Raw, line: str | None = None) -> str | None:
     return None
 
 
-def _check(raw: _Raw, fields: Mapping[str, _Field]) -> DataFrame:
+def check(raw: Raw, fields: Mapping[str, Field]) -> DataFrame:
     """Validate every row in one pass; raise DataError for the first bad one.
 
     Returns POSITION plus one typed column per field (our names).
@@ -493,7 +437,7 @@ def _check(raw: _Raw, fields: Mapping[str, _Field]) -> DataFrame:
     return rows.select(*POSITION, *[col.alias(name) for name, col in typed.items()])
 
 
-def _unique(raw: _Raw, df: DataFrame, key: str) -> None:
+def _unique(raw: Raw, df: DataFrame, key: str) -> None:
     """Ids must appear once: a repeated item or user would duplicate every join downstream."""
     at = F.struct(*POSITION)
     dup = (
@@ -511,7 +455,7 @@ def _unique(raw: _Raw, df: DataFrame, key: str) -> None:
         )
 
 
-def _known_items(inter_raw: _Raw, inter: DataFrame, items_raw: _Raw, items: DataFrame) -> None:
+def _known_items(inter_raw: Raw, inter: DataFrame, items_raw: Raw, items: DataFrame) -> None:
     """Every interaction must point at a described item: the item's title feeds the prompts."""
     orphans = (
         inter.join(items.select("item_id"), "item_id", "left_anti")
@@ -528,7 +472,7 @@ def _known_items(inter_raw: _Raw, inter: DataFrame, items_raw: _Raw, items: Data
         )
 
 
-def _attributes(columns: Mapping[str, Column]) -> Column:
+def attributes(columns: Mapping[str, Column]) -> Column:
     """map<string,string> of the non-empty attributes (prompts skip the missing ones)."""
     if not columns:
         return F.create_map().cast("map<string,string>")
@@ -536,209 +480,30 @@ def _attributes(columns: Mapping[str, Column]) -> Column:
     return F.map_filter(F.create_map(*pairs), lambda _, v: v.isNotNull())
 
 
-def _lookup(codes: Mapping[object, str], column: Column) -> Column:
+def lookup(codes: Mapping[object, str], column: Column) -> Column:
     """Decode a code column with a fixed table, keeping unknown codes as they are."""
     table = F.create_map(*[x for k, v in codes.items() for x in (F.lit(str(k)), F.lit(v))])
     return F.coalesce(F.try_element_at(table, column), column)
 
 
-def _genres(column: Column, separator: str) -> Column:
+def genres(column: Column, separator: str) -> Column:
     return F.filter(F.split(F.coalesce(column, F.lit("")), separator), lambda g: g != "")
 
 
 @dataclass(frozen=True)
-class _Table:
-    raw: _Raw
+class Table:
+    """One input as a format reader leaves it: the raw file (for messages) and its rows."""
+
+    raw: Raw
     df: DataFrame  # POSITION + the normalized columns
 
 
-_Inputs = tuple[_Table, _Table, _Table | None]  # interactions, items, users
+Inputs = tuple[Table, Table, Table | None]  # interactions, items, users
 
 
-def _movielens_100k(spark: SparkSession, root: Path, scale: tuple[float, float]) -> _Inputs:
-    fix = f"Run `python -m jobs.datasets {root}` to fetch MovieLens 100K, or fix data.path."
-    hint = "The file is not a RecBole atomic file of MovieLens 100K; fetch it again."
-    paths = {what: root / name for what, name in ML100K_FILES.items()}
-
-    def load(what: str) -> _Raw:
-        path = _exists(paths[what], what, fix)
-        return _split_text(spark, path, what, "\t", "utf-8", None, hint)
-
-    inter_raw = load("interactions")
-    inter = _check(
-        inter_raw,
-        {
-            "user_id": _Field("user_id", _Kind.ID),
-            "item_id": _Field("item_id", _Kind.ID),
-            "rating": _Field("rating", _Kind.NUMBER, bounds=scale),
-            "timestamp": _Field("timestamp", _Kind.TIMESTAMP),
-        },
-    )
-    items_raw = load("items")
-    items = _check(
-        items_raw,
-        {
-            "item_id": _Field("item_id", _Kind.ID),
-            "title": _Field("movie_title", _Kind.TEXT),
-            "year": _Field("release_year", _Kind.OPTIONAL, required=False),
-            "genres": _Field("class", _Kind.OPTIONAL, required=False),
-        },
-    )
-    # RecBole splits "Toy Story (1995)" into title and year; prompts want the original title.
-    with_year = F.concat(F.col("title"), F.lit(" ("), F.col("year"), F.lit(")"))
-    items = items.select(
-        *POSITION,
-        "item_id",
-        F.when(F.col("year").rlike(r"^\d{4}$"), with_year).otherwise(F.col("title")).alias("title"),
-        _genres(F.col("genres"), " ").alias("genres"),
-    )
-    if not paths["users"].exists():
-        return _Table(inter_raw, inter), _Table(items_raw, items), None
-    users_raw = load("users")
-    names = [c for c in users_raw.columns if c not in ("user_id", "zip_code")]
-    users = _check(
-        users_raw,
-        {"user_id": _Field("user_id", _Kind.ID)}
-        | {c: _Field(c, _Kind.OPTIONAL, required=False) for c in names},
-    )
-    attrs = {c: F.col(c) for c in names}
-    if "gender" in attrs:
-        attrs["gender"] = _lookup(GENDERS, F.col("gender"))
-    users = users.select(*POSITION, "user_id", _attributes(attrs).alias("attributes"))
-    return _Table(inter_raw, inter), _Table(items_raw, items), _Table(users_raw, users)
-
-
-def _movielens_1m(spark: SparkSession, root: Path, scale: tuple[float, float]) -> _Inputs:
-    fix = "Place the ML-1M files (ratings.dat, movies.dat, users.dat) there, or fix data.path."
-    hint = "The file is not in MovieLens 1M `::` format."
-    paths = {what: root / name for what, name in ML1M_FILES.items()}
-
-    def load(what: str) -> _Raw:
-        path = _exists(paths[what], what, fix)
-        cols = ML1M_COLUMNS[what]
-        return _split_text(spark, path, what, "::", "ISO-8859-1", cols, hint)
-
-    inter_raw = load("interactions")
-    inter = _check(
-        inter_raw,
-        {
-            "user_id": _Field("UserID", _Kind.ID),
-            "item_id": _Field("MovieID", _Kind.ID),
-            "rating": _Field("Rating", _Kind.NUMBER, bounds=scale),
-            "timestamp": _Field("Timestamp", _Kind.TIMESTAMP),
-        },
-    )
-    items_raw = load("items")
-    items = _check(
-        items_raw,
-        {
-            "item_id": _Field("MovieID", _Kind.ID),
-            "title": _Field("Title", _Kind.TEXT),
-            "genres": _Field("Genres", _Kind.OPTIONAL),
-        },
-    )
-    items = items.withColumn("genres", _genres(F.col("genres"), r"\|"))
-    if not paths["users"].exists():
-        return _Table(inter_raw, inter), _Table(items_raw, items), None
-    users_raw = load("users")
-    users = _check(
-        users_raw,
-        {
-            "user_id": _Field("UserID", _Kind.ID),
-            "gender": _Field("Gender", _Kind.OPTIONAL),
-            "age": _Field("Age", _Kind.OPTIONAL),
-            "occupation": _Field("Occupation", _Kind.OPTIONAL),
-        },
-    )
-    attrs = {
-        "gender": _lookup(GENDERS, F.col("gender")),
-        "age": _lookup(ML1M_AGES, F.col("age")),
-        "occupation": _lookup(ML1M_OCCUPATIONS, F.col("occupation")),
-    }
-    users = users.select(*POSITION, "user_id", _attributes(attrs).alias("attributes"))
-    return _Table(inter_raw, inter), _Table(items_raw, items), _Table(users_raw, users)
-
-
-def _generic_fields(what: str, fc: FileConf, scale: tuple[float, float]) -> dict[str, _Field]:
-    mapping = dict(fc.columns)
-    if what == "users":
-        attrs = {k: _Field(v, _Kind.OPTIONAL) for k, v in mapping.items() if k != "user_id"}
-        return {"user_id": _Field(mapping.get("user_id", "user_id"), _Kind.ID)} | attrs
-    unknown = sorted(set(mapping) - set(GENERIC_KEYS[what]))
-    if unknown:
-        raise DataError(
-            f"data.{what}.columns: unknown key(s) {', '.join(unknown)}; the keys are our column "
-            f"names: {', '.join(GENERIC_KEYS[what])}. Fix the config."
-        )
-    if what == "interactions":
-        kinds = {"user_id": _Kind.ID, "item_id": _Kind.ID, "rating": _Kind.NUMBER}
-        kinds["timestamp"] = _Kind.TIMESTAMP
-        fields = {k: _Field(mapping.get(k, k), kind) for k, kind in kinds.items()}
-        fields["rating"] = _Field(mapping.get("rating", "rating"), _Kind.NUMBER, bounds=scale)
-        return fields
-    return {
-        "item_id": _Field(mapping.get("item_id", "item_id"), _Kind.ID),
-        "title": _Field(mapping.get("title", "title"), _Kind.TEXT),
-        # Genres are optional unless the config maps them explicitly.
-        "genres": _Field(mapping.get("genres", "genres"), _Kind.OPTIONAL, "genres" in mapping),
-    }
-
-
-def _generic_table(
-    spark: SparkSession, fc: FileConf, what: str, scale: tuple[float, float]
-) -> _Table:
-    hint = f"Map it in data.{what}.columns or fix the file's header."
-    reader: Callable[[SparkSession, FileConf, str, str], _Raw] = (
-        _parquet if fc.format == "parquet" else _csv
-    )
-    raw = reader(spark, fc, what, hint)
-    df = _check(raw, _generic_fields(what, fc, scale))
-    if what == "items":
-        df = df.withColumn("genres", _genres(F.col("genres"), r"\|"))
-    elif what == "users":
-        attrs = {c: F.col(f"`{c}`") for c in df.columns if c not in (*POSITION, "user_id")}
-        df = df.select(*POSITION, "user_id", _attributes(attrs).alias("attributes"))
-    return _Table(raw, df)
-
-
-def _generic(spark: SparkSession, conf: DataConf) -> _Inputs:
-    if conf.interactions is None or conf.items is None:
-        raise DataError("data.format 'generic' needs data.interactions and data.items.")
-    scale = conf.rating_scale
-    return (
-        _generic_table(spark, conf.interactions, "interactions", scale),
-        _generic_table(spark, conf.items, "items", scale),
-        None if conf.users is None else _generic_table(spark, conf.users, "users", scale),
-    )
-
-
-def _directory(path: Path | None, fmt: str) -> Path:
-    fetch = (
-        " Run `python -m jobs.datasets data/ml-100k` to fetch it."
-        if fmt == "movielens-100k"
-        else ""
-    )
-    if path is None or not path.is_dir():
-        raise DataError(
-            f"data.path {path} is not a directory; data.format {fmt!r} reads its files from one."
-            + fetch
-        )
-    if not any(path.iterdir()):
-        raise DataError(
-            f"data.path {path} is an empty directory; put the {fmt} files there.{fetch}"
-        )
-    return path
-
-
-def read(spark: SparkSession, conf: DataConf) -> RawData:
-    """Read and validate the configured inputs; raise DataError at the first bad row."""
-    started = time.monotonic()
-    if conf.format == "movielens-100k":
-        inputs = _movielens_100k(spark, _directory(conf.path, conf.format), conf.rating_scale)
-    elif conf.format == "movielens-1m":
-        inputs = _movielens_1m(spark, _directory(conf.path, conf.format), conf.rating_scale)
-    else:
-        inputs = _generic(spark, conf)
+def finish(inputs: Inputs, conf: DataConf) -> RawData:
+    """The checks that span rows and files, the same for every format (ids appear once,
+    interactions name known items, sane times, duplicates), then the RawData stages read."""
     inter, items, users = inputs
     _unique(items.raw, items.df, "item_id")
     if users is not None:
@@ -750,7 +515,6 @@ def read(spark: SparkSession, conf: DataConf) -> RawData:
     repairs |= _without_interactions(inter.df, items.df, users.df if users else None)
     if users is None:
         log.info("no users file: prompts will carry no user attributes")
-    log.info("read and validated %s inputs in %.1f s", conf.format, time.monotonic() - started)
     return RawData(
         interactions=inter.df.drop(*POSITION),
         items=items.df.drop(*POSITION),
@@ -762,7 +526,7 @@ def read(spark: SparkSession, conf: DataConf) -> RawData:
 _MS_THRESHOLD = 100_000_000_000  # 1e11 s is year 5138; as milliseconds, 1973
 
 
-def _times(inter: _Table, conf: DataConf) -> _Table:
+def _times(inter: Table, conf: DataConf) -> Table:
     """Timestamps in seconds (milliseconds converted, by config or detected and logged); zero,
     negative and far-future times are a DataError naming the first such row."""
     df, unit = inter.df, conf.timestamp_unit
@@ -794,10 +558,10 @@ def _times(inter: _Table, conf: DataConf) -> _Table:
             f"set data.timestamp_unit if the times are in another unit ({first['n']} row(s) "
             "like it)."
         )
-    return _Table(inter.raw, df)
+    return Table(inter.raw, df)
 
 
-def _duplicates(inter: _Table) -> tuple[_Table, int]:
+def _duplicates(inter: Table) -> tuple[Table, int]:
     """Exact duplicate interactions dropped (a counted repair); the same user, item and time
     with two ratings is a DataError naming both rows."""
     key = ["user_id", "item_id", "timestamp"]
@@ -828,7 +592,7 @@ def _duplicates(inter: _Table) -> tuple[_Table, int]:
     if not extra:
         return inter, 0
     log.warning("%s: %d exact duplicate interaction rows dropped", inter.raw.path, extra)
-    return _Table(inter.raw, inter.df.dropDuplicates([*key, "rating"])), extra
+    return Table(inter.raw, inter.df.dropDuplicates([*key, "rating"])), extra
 
 
 def _without_interactions(
