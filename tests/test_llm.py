@@ -72,12 +72,12 @@ def test_resolve_model_converts_once_and_reuses(tmp_path: Path) -> None:
         shutil.rmtree(model_dir, ignore_errors=True)  # 0.5 GB
 
 
-def test_resolve_model_rejects_unknown_names(tmp_path: Path) -> None:
+def test_resolve_model_rejects_unknown_names(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="local Hugging Face checkpoint directory"):
         resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path)
     with pytest.raises(ModelError, match="bundled:smollm2-135m-instruct"):
         resolve_model("bundled:no-such-model", tmp_path)
-    assert resolve_model(str(CACHE / "models" / "smollm2-135m-instruct"), tmp_path).is_dir()
+    assert resolve_model(str(model_dir), tmp_path) == model_dir
 
 
 def assert_output_contract(engine, model_dir: Path) -> None:
