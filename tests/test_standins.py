@@ -11,9 +11,10 @@ from factors import sets
 from factors.prompts import item_context, item_prompt, user_context, user_prompt
 from jobs.config import LLM_ENGINES, ConfigError, GenerateConf, load_config
 from jobs.encode import load_encoder
-from jobs.llm import ModelError, build_engine
+from jobs.llm import build_engine
 from jobs.llm.checks import AnswerChecks
 from jobs.llm.engines import ENGINES, engine_model_dir
+from jobs.models import ModelError
 from jobs.plugins import PluginError
 
 STANDINS = [
