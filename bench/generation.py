@@ -26,7 +26,7 @@ from pathlib import Path
 
 from jobs import generate, logs, prepare, tables
 from jobs.config import Config, load_config
-from jobs.llm import resolve_model
+from jobs.models import resolve_model
 from jobs.schemas import PROMPTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def bare(conf: Config, prompts: list[str]) -> tuple[int, float]:
 
     llm_conf = conf.llm
     llm = vllm.LLM(
-        model=str(resolve_model(llm_conf.model, conf.run.cache_dir)),
+        model=str(resolve_model(llm_conf.model, "llm", conf.run.cache_dir)),
         dtype=llm_conf.dtype,
         max_model_len=llm_conf.max_model_len,
         seed=llm_conf.seed,

@@ -418,8 +418,8 @@ def warm_model_cache(conf_path: Path, size_dir: Path) -> None:
     """Convert the bundled LLM checkpoint once, outside the timings (prepare reads its
     tokenizer's special tokens, the generate worker resolves its directory)."""
     code = (
-        "import sys; from jobs.config import load_config; from jobs.llm import resolve_model; "
-        "c = load_config(sys.argv[1]); resolve_model(c.llm.model, c.run.cache_dir)"
+        "import sys; from jobs.config import load_config; from jobs.models import resolve_model; "
+        "c = load_config(sys.argv[1]); resolve_model(c.llm.model, 'llm', c.run.cache_dir)"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, "-c", code, str(conf_path)], cwd=size_dir, env=env, check=True)

@@ -1,14 +1,16 @@
 """Text encoders behind one small interface, chosen by `encoder.engine`.
 
-"sentence-transformers" (the default) loads a local sentence-transformers model;
-a plug-in class ("package.module:Class", imported by the caller) serves platforms
-with their own embedding service. This module imports no model library itself, so
-workers load only the engine they use.
+"sentence-transformers" (the default) loads a local sentence-transformers model
+directory (the job resolves `bundled:` names to one: jobs/models.py); a plug-in class
+("package.module:Class", imported by the caller) serves platforms with their own
+embedding service. This module imports no model library itself, so workers load only
+the engine they use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -40,11 +42,10 @@ class Encoder(Protocol):
 
 
 def _sentence_transformers(model: str, conf: EncoderSettings, threads: int | None) -> Encoder:
-    from encoders.models import resolve_encoder
     from encoders.sentence import SentenceEncoder
 
     return SentenceEncoder(
-        resolve_encoder(model), device=conf.device, batch_size=conf.batch_size, threads=threads
+        Path(model), device=conf.device, batch_size=conf.batch_size, threads=threads
     )
 
 
@@ -57,13 +58,15 @@ ENGINES: dict[str, Callable[[str, EncoderSettings, int | None], Encoder]] = {
 def build_encoder(
     model: str, conf: EncoderSettings, threads: int | None = None, plugin: type | None = None
 ) -> Encoder:
-    """The encoder `conf.engine` names, for `model` (a `bundled:` name or a model directory).
+    """The encoder `conf.engine` names, for `model`: a built-in engine's local model
+    directory (never a `bundled:` name: the caller resolves those, so this library needs
+    no registry of packages).
 
     `threads` caps torch CPU threads (one per actor CPU). A plug-in engine
     (`encoder.engine: "package.module:Class"`) comes as `plugin`, the class the caller
     imported, and is built as `Class(model, conf, threads)` in the process that encodes
-    (the Ray actor): `model` is encoder.model (made absolute when it is a local path),
-    `conf` these settings (batch_size, device), `threads` the actor's CPUs or None.
+    (the Ray actor): `model` is encoder.model as configured (made absolute when it is a
+    local path), `conf` these settings (batch_size, device), `threads` the actor's CPUs or None.
     """
     factory = plugin or ENGINES.get(conf.engine)
     if factory is None:

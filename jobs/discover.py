@@ -16,7 +16,8 @@ import yaml
 
 from factors.sets import FactorSetError, load
 from jobs.config import Config
-from jobs.llm import build_engine, resolve_model
+from jobs.llm import build_engine
+from jobs.models import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def discover(
         raise FactorSetError('--domain must name the domain, e.g. "podcasts"')
     llm = conf.llm.model_copy(update={"max_new_tokens": max_new_tokens})
     engine = build_engine(
-        llm, resolve_model(llm.model, conf.run.cache_dir), conf.generate.torch_threads
+        llm, resolve_model(llm.model, "llm", conf.run.cache_dir), conf.generate.torch_threads
     )
     [answer] = engine.generate([discovery_prompt(domain)])
     text = answer.text

@@ -26,10 +26,10 @@ import ray.data
 
 from encoders import ENGINES, Encoder, build_encoder
 from encoders.inputs import encoder_input
-from encoders.models import BUNDLED_PREFIX, EncoderError, resolve_encoder
 from jobs import faults, knowledge, tables
-from jobs.config import Config, ConfigError, EncoderConf
+from jobs.config import Config, EncoderConf
 from jobs.errors import MissingTableError
+from jobs.models import BUNDLED_PREFIX, resolve_model
 from jobs.plugins import load_class
 from jobs.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.schemas import EMBEDDINGS
@@ -55,9 +55,15 @@ class EncoderWorker:
     """
 
     def __init__(
-        self, model: str, conf: EncoderConf, threads: int | None, path: Path, model_name: str
+        self,
+        model: str,
+        conf: EncoderConf,
+        cache_dir: Path,
+        threads: int | None,
+        path: Path,
+        model_name: str,
     ) -> None:
-        self.encoder = load_encoder(model, conf, threads)
+        self.encoder = load_encoder(model, conf, cache_dir, threads)
         self.path, self.model_name = path, model_name
 
     def __call__(self, rows: pa.Table) -> pa.Table:
@@ -80,11 +86,16 @@ class EncoderWorker:
         return pa.Table.from_pylist([part])
 
 
-def load_encoder(model: str, conf: EncoderConf, threads: int | None = None) -> Encoder:
-    """The configured encoder, a plug-in's class imported here (in the process that encodes:
-    the driver need not have its dependencies)."""
-    plugin = None if conf.engine in ENGINES else load_class(conf.engine, "encoder.engine")
-    return build_encoder(model, conf, threads, plugin)
+def load_encoder(
+    model: str, conf: EncoderConf, cache_dir: Path, threads: int | None = None
+) -> Encoder:
+    """The configured encoder, built in the process that encodes: a built-in engine gets
+    `model`'s directory, resolved here (a `bundled:` one is where this host installed its
+    package); a plug-in gets `model` as it is, its class imported here (the driver need
+    not have its dependencies)."""
+    if conf.engine in ENGINES:
+        return build_encoder(str(resolve_model(model, "encoder", cache_dir)), conf, threads)
+    return build_encoder(model, conf, threads, load_class(conf.engine, "encoder.engine"))
 
 
 def pending_inputs(conf: Config) -> pa.Table | ray.data.Dataset:
@@ -123,18 +134,16 @@ def pending_inputs(conf: Config) -> pa.Table | ray.data.Dataset:
     return knowledge.without(rows, done, KEYS[:3])
 
 
-def _portable_model(model: str, engine: str) -> str:
+def _portable_model(model: str, engine: str, cache_dir: Path) -> str:
     """The model name a Ray worker can resolve: absolute path, since its cwd may differ.
 
-    Resolving here first also fails a bad name before any actor starts. A plug-in
-    engine's model may be a remote name: it is passed on as configured.
+    Resolving here first also fails a bad name (ModelError, an input error) before any
+    actor starts. A plug-in engine's model may be a remote name: it is passed on as
+    configured.
     """
-    if engine != "sentence-transformers":
+    if engine not in ENGINES:
         return model
-    try:
-        path = resolve_encoder(model)
-    except EncoderError as e:
-        raise ConfigError(f"encoder.model: {e}") from e
+    path = resolve_model(model, "encoder", cache_dir)
     return model if model.startswith(BUNDLED_PREFIX) else str(path)
 
 
@@ -160,7 +169,7 @@ def run(conf: Config, run_id: str) -> EncodeResult:
     parts to `embeddings` in chunks (a crash loses at most the uncommitted ones)."""
     started = time.monotonic()
     path = conf.table_path("embeddings")
-    model = _portable_model(conf.encoder.model, conf.encoder.engine)
+    model = _portable_model(conf.encoder.model, conf.encoder.engine, conf.run.cache_dir)
     pending = pending_inputs(conf)
     enc = conf.encoder
     if isinstance(pending, pa.Table):
@@ -182,7 +191,14 @@ def run(conf: Config, run_id: str) -> EncodeResult:
     # driver when the task ends, so each task is one commit's worth (and a kill's loss).
     parts = pending.map_batches(
         EncoderWorker,
-        fn_constructor_args=(model, enc, enc.pool.torch_threads, path, enc.model),
+        fn_constructor_args=(
+            model,
+            enc,
+            conf.run.cache_dir,
+            enc.pool.torch_threads,
+            path,
+            enc.model,
+        ),
         batch_size=None,  # one call per block: one Parquet part (the encoder batches inside)
         batch_format="pyarrow",
         **actor_pool(enc.pool),

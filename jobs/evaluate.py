@@ -59,6 +59,7 @@ from encoders.inputs import encoder_input
 from jobs import ctr, knowledge, schemas, tables
 from jobs.config import Backbone, Config
 from jobs.errors import InputError
+from jobs.models import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +204,13 @@ class CachedEncoder:
         if path.is_file():
             return np.load(path)
         if self._encoder is None:
-            from encoders.models import resolve_encoder
             from encoders.sentence import SentenceEncoder
 
             enc = self.conf.encoder
             self._encoder = SentenceEncoder(
-                resolve_encoder(enc.model), device=enc.device, batch_size=enc.batch_size
+                resolve_model(enc.model, "encoder", self.conf.run.cache_dir),
+                device=enc.device,
+                batch_size=enc.batch_size,
             )
         started = time.monotonic()
         vectors = self._encoder.encode(texts)

@@ -42,7 +42,7 @@ from jobs.errors import InputError, MissingTableError
 from jobs.llm import Engine, Generation, build_engine
 from jobs.llm.checks import NEVER_USABLE, AnswerChecks
 from jobs.llm.engines import engine_model_dir
-from jobs.llm.model import BUNDLED_PREFIX
+from jobs.models import BUNDLED_PREFIX
 from jobs.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.schemas import KINDS, KNOWLEDGE, PROMPTS, SAMPLES
 

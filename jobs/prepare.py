@@ -40,6 +40,7 @@ from factors.sets import FactorSet
 from factors.untrusted import age_range
 from jobs import faults, knowledge, llm, readers, schemas, tables
 from jobs.config import Config
+from jobs.models import ModelError, resolve_model
 from jobs.spark import read_delta, session, write_parts
 
 log = logging.getLogger(__name__)
@@ -248,8 +249,8 @@ def clean_inputs(raw: readers.RawData, conf: Config) -> tuple[readers.RawData, d
 def _model_special_tokens(conf: Config) -> list[str]:
     """The configured model's special tokens; generic markers only if it cannot be loaded."""
     try:
-        return llm.special_tokens(llm.resolve_model(conf.llm.model, conf.run.cache_dir))
-    except (llm.ModelError, OSError) as e:
+        return llm.special_tokens(resolve_model(conf.llm.model, "llm", conf.run.cache_dir))
+    except (ModelError, OSError) as e:
         log.warning(
             "cannot read llm.model's tokenizer (%s): input text is cleaned of the generic "
             "chat markers only",

@@ -228,11 +228,15 @@ def test_config_defaults_agree_with_the_shipped_config():
 
 
 def test_input_errors_exit_2_and_any_other_error_keeps_its_traceback(tmp_path, monkeypatch):
-    """A missing upstream table is the runner's to fix (exit 2, the stage to run); a
-    FileNotFoundError from inside a stage is a bug and is not reported as bad input."""
+    """A missing upstream table or a model that is not there is the runner's to fix (exit 2,
+    what to do); a FileNotFoundError from inside a stage is a bug and is not reported as bad
+    input."""
     out = f"run.output_dir={tmp_path / 'out'}"
     with pytest.raises(SystemExit) as exited:
         cli.main(["encode", out])
+    assert exited.value.code == 2
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["encode", out, "encoder.model=bundled:smollm2-135m-instruct"])
     assert exited.value.code == 2
 
     def broken(conf: object) -> None:

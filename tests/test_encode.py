@@ -11,11 +11,11 @@ import pytest
 from table_rows import knowledge_row, knowledge_table
 
 from encoders.inputs import encoder_input
-from encoders.models import resolve_encoder
 from encoders.sentence import SentenceEncoder
 from jobs import encode, tables
-from jobs.config import Config, ConfigError
+from jobs.config import Config
 from jobs.errors import MissingTableError
+from jobs.models import ModelError, resolve_model
 from jobs.schemas import EMBEDDINGS, KNOWLEDGE
 
 T0 = datetime(2025, 1, 6, tzinfo=UTC)
@@ -86,7 +86,9 @@ def test_encodes_latest_knowledge_once_and_only_what_changed(conf: Config) -> No
     assert first.embeddings_version is not None and first.embeddings_version >= 1
 
     # The stored vectors are the encoder's vectors of KAR's inputs (user: history + answer).
-    local = SentenceEncoder(resolve_encoder(conf.encoder.model), threads=2)
+    local = SentenceEncoder(
+        resolve_model(conf.encoder.model, "encoder", conf.run.cache_dir), threads=2
+    )
     direct = local.encode(
         [
             encoder_input("user", ROWS[1][3], ROWS[1][4]),
@@ -130,5 +132,5 @@ def test_missing_knowledge_and_bad_model_fail_clearly(make_config, tmp_path: Pat
         encode.run(make_config(), "r1")
     bad = make_config(f"encoder.model={tmp_path / 'no-such-model'}")
     tables.overwrite(bad.table_path("knowledge"), knowledge(ROWS), KNOWLEDGE)
-    with pytest.raises(ConfigError, match="encoder.model: .*no-such-model.*not a local directory"):
+    with pytest.raises(ModelError, match="encoder.model .*no-such-model.*not a local directory"):
         encode.run(bad, "r1")

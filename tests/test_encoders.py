@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from encoders.inputs import encoder_input
-from encoders.models import EncoderError, resolve_encoder
 from encoders.sentence import SentenceEncoder
+from jobs.models import ModelError, resolve_model
 
 BUNDLED = "bundled:all-MiniLM-L6-v2"
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "kar"  # unused: nothing to convert
 HISTORY = (
     "Given a 24-year-old M technician user, this user's movie watching history over time is "
     "listed below.\n" + " ".join(f'"Movie number {i} (1995)", 4 stars;' for i in range(30))
@@ -22,11 +23,13 @@ HISTORY = (
 
 @pytest.fixture(scope="module")
 def encoder() -> SentenceEncoder:
-    return SentenceEncoder(resolve_encoder(BUNDLED), batch_size=8, threads=2)
+    return SentenceEncoder(resolve_model(BUNDLED, "encoder", CACHE), batch_size=8, threads=2)
 
 
 def test_bundled_model_is_mean_pooled_and_384_d(encoder: SentenceEncoder) -> None:
-    pooling = json.loads((resolve_encoder(BUNDLED) / "1_Pooling" / "config.json").read_text())
+    pooling = json.loads(
+        (resolve_model(BUNDLED, "encoder", CACHE) / "1_Pooling" / "config.json").read_text()
+    )
     assert pooling["pooling_mode_mean_tokens"] is True
     assert encoder.pooling == "mean"
     assert encoder.dim == 384
@@ -67,19 +70,21 @@ def test_encoder_input_follows_kar() -> None:
 
 
 def test_bad_model_names_fail_clearly(tmp_path: Path) -> None:
-    with pytest.raises(EncoderError, match="no hub access.*bundled:all-MiniLM-L6-v2"):
-        resolve_encoder("sentence-transformers/all-mpnet-base-v2")
-    with pytest.raises(EncoderError, match="bundled encoders"):
-        resolve_encoder("bundled:e5-large")
-    with pytest.raises(EncoderError, match="neither modules.json nor config.json"):
-        resolve_encoder(str(tmp_path))
+    with pytest.raises(ModelError, match="no hub access.*bundled:all-MiniLM-L6-v2"):
+        resolve_model("sentence-transformers/all-mpnet-base-v2", "encoder", CACHE)
+    with pytest.raises(ModelError, match="bundled encoders"):
+        resolve_model("bundled:e5-large", "encoder", CACHE)
+    with pytest.raises(ModelError, match="unknown; bundled encoders"):
+        resolve_model("bundled:smollm2-135m-instruct", "encoder", CACHE)  # an LLM
+    with pytest.raises(ModelError, match="neither modules.json nor config.json"):
+        resolve_model(str(tmp_path), "encoder", CACHE)
 
 
 def test_local_model_dir_with_other_pooling_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A local copy of the model re-configured to CLS pooling loads, with a KAR warning."""
-    source = resolve_encoder(BUNDLED)
+    source = resolve_model(BUNDLED, "encoder", CACHE)
     local = tmp_path / "minilm-cls"
     (local / "1_Pooling").mkdir(parents=True)
     for f in source.iterdir():
@@ -90,7 +95,7 @@ def test_local_model_dir_with_other_pooling_warns(
     (local / "1_Pooling" / "config.json").write_text(json.dumps(config))
 
     with caplog.at_level(logging.WARNING, logger="encoders.sentence"):
-        cls = SentenceEncoder(resolve_encoder(str(local)), threads=2)
+        cls = SentenceEncoder(resolve_model(str(local), "encoder", CACHE), threads=2)
     assert cls.pooling == "cls"
     assert "KAR expects 'mean' pooling" in caplog.text
     assert cls.encode(["a film"]).shape == (1, 384)

@@ -14,7 +14,8 @@ from transformers import AutoTokenizer
 from factors import prompts as templates
 from factors.sets import load
 from jobs.config import LLMConf
-from jobs.llm import Generation, ModelError, build_engine, resolve_model
+from jobs.llm import Generation, build_engine
+from jobs.models import ModelError, resolve_model
 
 pytestmark = pytest.mark.engines  # starts the LLM engines
 
@@ -44,7 +45,7 @@ def user_prompt(n_items: int, first: int = 0) -> str:
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    return resolve_model(BUNDLED, CACHE)
+    return resolve_model(BUNDLED, "llm", CACHE)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def engine(model_dir: Path):
 
 
 def test_resolve_model_converts_once_and_reuses(tmp_path: Path) -> None:
-    model_dir = resolve_model(BUNDLED, tmp_path)
+    model_dir = resolve_model(BUNDLED, "llm", tmp_path)
     try:
         assert model_dir == tmp_path / "models" / "smollm2-135m-instruct"
         weights = model_dir / "model.safetensors"
@@ -65,19 +66,19 @@ def test_resolve_model_converts_once_and_reuses(tmp_path: Path) -> None:
         assert [p.name for p in model_dir.parent.iterdir()] == [model_dir.name], "temp dir left"
         before = weights.stat().st_mtime_ns
         start = time.perf_counter()
-        assert resolve_model(BUNDLED, tmp_path) == model_dir
+        assert resolve_model(BUNDLED, "llm", tmp_path) == model_dir
         assert time.perf_counter() - start < 1.0
         assert weights.stat().st_mtime_ns == before
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)  # 0.5 GB
 
 
-def test_resolve_model_rejects_unknown_names(tmp_path: Path) -> None:
+def test_resolve_model_rejects_unknown_names(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="local Hugging Face checkpoint directory"):
-        resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path)
+        resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", "llm", tmp_path)
     with pytest.raises(ModelError, match="bundled:smollm2-135m-instruct"):
-        resolve_model("bundled:no-such-model", tmp_path)
-    assert resolve_model(str(CACHE / "models" / "smollm2-135m-instruct"), tmp_path).is_dir()
+        resolve_model("bundled:no-such-model", "llm", tmp_path)
+    assert resolve_model(str(model_dir), "llm", tmp_path) == model_dir
 
 
 def assert_output_contract(engine, model_dir: Path) -> None:

@@ -11,9 +11,10 @@ from factors import sets
 from factors.prompts import item_context, item_prompt, user_context, user_prompt
 from jobs.config import LLM_ENGINES, ConfigError, GenerateConf, load_config
 from jobs.encode import load_encoder
-from jobs.llm import ModelError, build_engine
+from jobs.llm import build_engine
 from jobs.llm.checks import AnswerChecks
 from jobs.llm.engines import ENGINES, engine_model_dir
+from jobs.models import ModelError
 from jobs.plugins import PluginError
 
 STANDINS = [
@@ -51,7 +52,7 @@ def test_a_config_naming_the_standins_builds_them_and_their_answers_pass_the_che
 
 def test_instant_encoder_gives_deterministic_unit_vectors() -> None:
     conf = load_config(None, STANDINS)
-    encoder = load_encoder(conf.encoder.model, conf.encoder, threads=1)
+    encoder = load_encoder(conf.encoder.model, conf.encoder, conf.run.cache_dir, threads=1)
     texts = ["a user history and answer", "an item answer", "a user history and answer"]
     vectors = encoder.encode(texts)
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
@@ -76,7 +77,7 @@ def test_a_plugin_that_cannot_be_imported_names_its_path() -> None:
         build_engine(conf.llm, Path("unused"))
     conf = load_config(None, ["encoder.engine=bench.standins:NoSuchEncoder"])
     with pytest.raises(PluginError, match="has no 'NoSuchEncoder'"):
-        load_encoder(conf.encoder.model, conf.encoder)
+        load_encoder(conf.encoder.model, conf.encoder, conf.run.cache_dir)
 
 
 def test_a_plugin_engine_gets_a_remote_model_name_where_a_builtin_one_fails(tmp_path) -> None:

@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 from factors import prompts
 from factors.sets import load
 from factors.untrusted import Cleaner, age_range, quote
-from jobs.llm import resolve_model, special_tokens
+from jobs.llm import special_tokens
+from jobs.models import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FS = load("movies")
@@ -59,7 +60,7 @@ def test_hostile_titles_stay_one_history_item_each():
 
 @pytest.fixture(scope="module")
 def tokenizer_and_specials():
-    model_dir = resolve_model("bundled:smollm2-135m-instruct", ROOT / ".cache" / "kar")
+    model_dir = resolve_model("bundled:smollm2-135m-instruct", "llm", ROOT / ".cache" / "kar")
     return AutoTokenizer.from_pretrained(model_dir), special_tokens(model_dir)
 
 

