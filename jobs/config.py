@@ -8,7 +8,6 @@ Single keys are overridden from the command line as `section.key=value`
 from __future__ import annotations
 
 import codecs
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,8 @@ from pydantic import (
 from adapters.config import Backbone, TrainConf
 from encoders import ENGINES, EncoderSettings
 from jobs.errors import InputError
+from jobs.llm.config import CheckSettings, LLMSettings, Status
+from jobs.llm.engines import ENGINES as LLM_ENGINES
 from jobs.plugins import check_engine_name
 
 
@@ -204,35 +205,11 @@ class FactorsConf(_Section):
     file: Path | None = None
 
 
-class LLMConf(_Section):
-    # "transformers", "vllm", or a plug-in class "package.module:Class" (e.g. an HTTP endpoint's
-    # client): built as Class(conf, model_dir, threads), see jobs/llm/base.py build_engine.
-    engine: str = "transformers"
-    # "bundled:smollm2-135m-instruct" or a local HF-format checkpoint directory.
-    model: str = "bundled:smollm2-135m-instruct"
-    max_new_tokens: int = Field(default=96, gt=0)
-    temperature: float = Field(default=0.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int = 0
-    batch_size: int = Field(default=16, gt=0)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    # Context window (prompt + answer). A longer prompt loses its oldest history items.
-    max_model_len: int = Field(default=2048, gt=0)
-    tensor_parallel_size: int = Field(default=1, gt=0)
-    # vLLM only. Skip CUDA graphs / torch.compile: starts in ~1/3 of the time on CPU hosts.
-    enforce_eager: bool = False
-    # vLLM only: fraction of GPU memory (on CPU hosts: of RAM) the engine may reserve.
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    # vLLM only: fixed KV-cache size in GiB instead of the fraction above (set it on CPU hosts).
-    kv_cache_gib: float | None = Field(default=None, gt=0)
-
+class LLMConf(LLMSettings):
     @field_validator("engine")
     @classmethod
     def _engine(cls, value: str) -> str:
-        return check_engine_name(value, LLM_ENGINES)
-
-
-LLM_ENGINES = ("transformers", "vllm")
+        return check_engine_name(value, tuple(LLM_ENGINES))
 
 
 class RayConf(_Section):
@@ -257,10 +234,7 @@ class PoolConf(_Section):
     max_restarts: int = Field(default=2, ge=0)
 
 
-Status = Literal["ok", "empty", "echo", "length", "degenerate", "refusal"]
-
-
-class GenerateConf(PoolConf):
+class GenerateConf(PoolConf, CheckSettings):
     """The generate stage's actor pool plus its work sizing, answer checks and accounting."""
 
     # One engine call: prompts whose estimated prompt + answer tokens fit.
@@ -280,33 +254,9 @@ class GenerateConf(PoolConf):
     max_attempts: int = Field(default=3, gt=0)
     # Sampling temperature of retries when llm.temperature is 0 (greedy would repeat the answer).
     retry_temperature: float = Field(default=0.7, gt=0)
-    # Degenerate: this share of an answer's word n-grams are repeats.
-    degenerate_ngram: int = Field(default=4, gt=1)
-    degenerate_repeat_share: float = Field(default=0.5, gt=0, lt=1)
-    # Echo: this many words in a row of the prompt's instruction appear in the answer.
-    echo_ngram: int = Field(default=12, gt=2)
-    # Refusal: one of these regexes (case-insensitive) matches the answer's first sentence.
-    refusal_patterns: list[str] = Field(
-        default_factory=lambda: [
-            r"^(i'?m|i am) (sorry|unable|not able)",
-            r"^i (cannot|can'?t|won'?t)",
-            r"^as an ai\b",
-            r"^sorry\b",
-        ]
-    )
     # Accounting: generated tokens per second one GPU of the production cluster sustains with
     # this model (measure it there with bench/generation.py); GPU-hours = output tokens / this.
     cluster_tokens_per_gpu_s: float = Field(default=2000.0, gt=0)
-
-    @field_validator("refusal_patterns")
-    @classmethod
-    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
-        for p in patterns:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"refusal pattern {p!r} is not a valid regex: {e}") from None
-        return patterns
 
 
 class EncoderConf(EncoderSettings):

@@ -16,8 +16,7 @@ import yaml
 
 from factors.sets import FactorSetError, load
 from jobs.config import Config
-from jobs.llm import build_engine
-from jobs.models import resolve_model
+from jobs.models import load_engine
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +92,7 @@ def discover(
     if not domain:
         raise FactorSetError('--domain must name the domain, e.g. "podcasts"')
     llm = conf.llm.model_copy(update={"max_new_tokens": max_new_tokens})
-    engine = build_engine(
-        llm, resolve_model(llm.model, "llm", conf.run.cache_dir), conf.generate.torch_threads
-    )
+    engine = load_engine(llm, conf.run.cache_dir, conf.generate.torch_threads)
     [answer] = engine.generate([discovery_prompt(domain)])
     text = answer.text
     if answer.finish_reason == "length" and "\n" in text:

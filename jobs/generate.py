@@ -37,12 +37,12 @@ import ray.data
 
 from jobs import knowledge, tables
 from jobs.accounting import GenerateResult
-from jobs.config import Config, ConfigError, GenerateConf, LLMConf, Status
+from jobs.config import Config, ConfigError, GenerateConf, LLMConf
 from jobs.errors import InputError, MissingTableError
-from jobs.llm import Engine, Generation, build_engine
+from jobs.llm import Engine, Generation
 from jobs.llm.checks import NEVER_USABLE, AnswerChecks
-from jobs.llm.engines import engine_model_dir
-from jobs.models import BUNDLED_PREFIX
+from jobs.llm.config import Status
+from jobs.models import BUNDLED_PREFIX, load_engine
 from jobs.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.schemas import KINDS, KNOWLEDGE, PROMPTS, SAMPLES
 
@@ -145,7 +145,7 @@ class GenerationWorker:
             # to cores and, given that variable, keeps that many torch threads on them: on CPU
             # hosts they spin against each other (bench/generation.py: 0.81 of a bare engine).
             os.environ.pop("OMP_NUM_THREADS", None)
-        self.engine = build_engine(llm, engine_model_dir(llm, cache_dir), gen.torch_threads)
+        self.engine = load_engine(llm, cache_dir, gen.torch_threads)
         self.checks = AnswerChecks.from_conf(gen)
         self.load_seconds = time.monotonic() - started
         self.ready_at = time.time()  # wall clock: comparable across actors and the driver

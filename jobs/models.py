@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 from jobs.errors import InputError
+from jobs.llm.base import Engine
+from jobs.llm.config import LLMSettings
+from jobs.llm.engines import ENGINES, build_engine
+from jobs.plugins import load_class
 
 BUNDLED_PREFIX = "bundled:"
 
@@ -130,3 +134,22 @@ def _bundled(name: str, kind: Kind, cache_dir: Path) -> Path:
         if not (out / "config.json").is_file():
             raise
     return out
+
+
+def engine_model_dir(conf: LLMSettings, cache_dir: Path) -> Path:
+    """The `model_dir` to give an LLM engine: resolve_model's checkpoint directory; for a
+    plug-in engine whose llm.model is not a local or bundled checkpoint (a remote endpoint's
+    model name), that name as a path, which the plug-in reads as its model's name."""
+    try:
+        return resolve_model(conf.model, "llm", cache_dir)
+    except ModelError:
+        if conf.engine in ENGINES:
+            raise
+        return Path(conf.model)
+
+
+def load_engine(conf: LLMSettings, cache_dir: Path, threads: int | None = None) -> Engine:
+    """The configured LLM engine, built in the process that generates: its model resolved
+    here, a plug-in's class imported here (the driver need not have its dependencies)."""
+    plugin = None if conf.engine in ENGINES else load_class(conf.engine, "llm.engine")
+    return build_engine(conf, engine_model_dir(conf, cache_dir), threads, plugin)

@@ -9,12 +9,10 @@ import pytest
 
 from factors import sets
 from factors.prompts import item_context, item_prompt, user_context, user_prompt
-from jobs.config import LLM_ENGINES, ConfigError, GenerateConf, load_config
+from jobs.config import ConfigError, GenerateConf, load_config
 from jobs.encode import load_encoder
-from jobs.llm import build_engine
 from jobs.llm.checks import AnswerChecks
-from jobs.llm.engines import ENGINES, engine_model_dir
-from jobs.models import ModelError
+from jobs.models import ModelError, engine_model_dir, load_engine
 from jobs.plugins import PluginError
 
 STANDINS = [
@@ -33,9 +31,11 @@ def _prompts() -> list[str]:
     return users + items
 
 
-def test_a_config_naming_the_standins_builds_them_and_their_answers_pass_the_checks() -> None:
-    conf = load_config(None, STANDINS)
-    engine = build_engine(conf.llm, Path("unused"), threads=1)
+def test_a_config_naming_the_standins_builds_them_and_their_answers_pass_the_checks(
+    tmp_path,
+) -> None:
+    conf = load_config(None, [*STANDINS, "llm.model=endpoint/instant"])
+    engine = load_engine(conf.llm, tmp_path, threads=1)
     prompts = _prompts()
     gens = engine.generate(prompts)
     assert len(gens) == len(prompts)
@@ -71,10 +71,10 @@ def test_a_malformed_engine_name_fails_at_load_naming_key_and_forms(key: str, va
     assert key in str(e.value) and "package.module:Class" in str(e.value)
 
 
-def test_a_plugin_that_cannot_be_imported_names_its_path() -> None:
+def test_a_plugin_that_cannot_be_imported_names_its_path(tmp_path) -> None:
     conf = load_config(None, ["llm.engine=no_such_pkg.engines:Remote"])
     with pytest.raises(PluginError, match=r"llm\.engine 'no_such_pkg\.engines:Remote'"):
-        build_engine(conf.llm, Path("unused"))
+        load_engine(conf.llm, tmp_path)
     conf = load_config(None, ["encoder.engine=bench.standins:NoSuchEncoder"])
     with pytest.raises(PluginError, match="has no 'NoSuchEncoder'"):
         load_encoder(conf.encoder.model, conf.encoder, conf.run.cache_dir)
@@ -86,7 +86,3 @@ def test_a_plugin_engine_gets_a_remote_model_name_where_a_builtin_one_fails(tmp_
     builtin = load_config(None, ["llm.model=endpoint/llama-3-8b"])
     with pytest.raises(ModelError):
         engine_model_dir(builtin.llm, tmp_path)
-
-
-def test_every_builtin_engine_name_the_config_accepts_has_a_builder() -> None:
-    assert set(ENGINES) == set(LLM_ENGINES)

@@ -1,6 +1,8 @@
 """LLM engines behind one small interface: prompts in, answers with token accounting out.
 
-Engines load a local checkpoint directory; jobs/models.py resolves llm.model to one.
+A library: it imports nothing else from the job and owns its settings (config.py),
+which the job's config composes. Engines load a local checkpoint directory;
+jobs/models.py resolves llm.model to one and imports a plug-in engine's class.
 """
 
 from jobs.llm.base import Engine, Generation

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from factors.untrusted import Cleaner
-from jobs.config import GenerateConf, Status
 from jobs.llm.base import Generation
+from jobs.llm.config import CheckSettings, Status
 
 # Statuses whose answers are never an entity's knowledge, even when not retried.
 NEVER_USABLE: frozenset[str] = frozenset({"echo"})
@@ -56,7 +56,7 @@ class AnswerChecks:
     echo_ngram: int = 12
 
     @classmethod
-    def from_conf(cls, conf: GenerateConf) -> AnswerChecks:
+    def from_conf(cls, conf: CheckSettings) -> AnswerChecks:
         return cls(
             ngram=conf.degenerate_ngram,
             repeat_limit=conf.degenerate_repeat_share,

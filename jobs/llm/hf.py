@@ -12,15 +12,15 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from jobs.config import LLMConf
 from jobs.llm.base import Generation
+from jobs.llm.config import LLMSettings
 from jobs.llm.fit import fit_prompt
 
 log = logging.getLogger(__name__)
 
 
 class HFEngine:
-    def __init__(self, conf: LLMConf, model_dir: Path, threads: int | None = None) -> None:
+    def __init__(self, conf: LLMSettings, model_dir: Path, threads: int | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.conf = conf

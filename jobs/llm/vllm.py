@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from jobs.config import LLMConf
 from jobs.llm.base import FinishReason, Generation
+from jobs.llm.config import LLMSettings
 from jobs.llm.fit import fit_prompt
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ INSTALL_HINT = (
 
 
 class VLLMEngine:
-    def __init__(self, conf: LLMConf, model_dir: Path) -> None:
+    def __init__(self, conf: LLMSettings, model_dir: Path) -> None:
         try:
             import vllm
         except ImportError as e:
