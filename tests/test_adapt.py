@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from table_rows import knowledge_row, knowledge_table, vectors_table
+from table_rows import knowledge_row, knowledge_table
+from table_writes import write_live_vectors
 
 from adapters.moe import HybridExpertAdaptor
 from jobs import adapt, knowledge, schemas, tables
@@ -157,12 +158,6 @@ def test_adapt_names_the_missing_stage(make_config):
     with pytest.raises(MissingTableError, match="kar encode"):
         adapt.run(conf, "r")
     assert tables.version(conf.table_path("vectors")) is None
-
-
-def write_live_vectors(conf, values: dict[tuple[str, str], np.ndarray]) -> int:
-    """A live vectors version as another run would have published it."""
-    rows = vectors_table(values, llm_model=LLM, encoder_model=ENCODER, created_at=T1)
-    return tables.overwrite(conf.table_path("vectors"), rows, schemas.VECTORS)
 
 
 def test_gate_keeps_a_better_live_version_and_remembers_why(make_config):

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from ctr_samples import build, synthetic
 from table_rows import knowledge_row, prompt_row, prompts_table
-from test_adapt import write_live_vectors
-from test_adapters import build, synthetic
+from table_writes import write_live_vectors
 
 from adapters.data import EntityMatrix
 from adapters.train import build_model

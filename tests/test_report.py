@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from table_rows import knowledge_row, knowledge_table, vectors_table
+from table_rows import vectors_table
+from table_writes import write_answers
 
 from jobs import accounting, cli, report, schemas, tables
 from jobs.accounting import GenerateResult
@@ -44,25 +45,6 @@ def record_run(conf: Config, run_id: str) -> None:
             "gpu_hours": 0.0001,
         },
     )
-
-
-def write_answers(conf: Config, run_id: str, statuses: list[tuple[str, str]]) -> None:
-    rows = knowledge_table(
-        knowledge_row(
-            kind,
-            str(i),
-            fingerprint=f"fp{i}",
-            text="answer",
-            model_id="m",
-            input_tokens=100 + i,
-            output_tokens=50 + i,
-            status=status,
-            run_id=run_id,
-            generated_at=datetime.now(UTC),
-        )
-        for i, (kind, status) in enumerate(statuses)
-    )
-    tables.overwrite(conf.table_path("knowledge"), rows, schemas.KNOWLEDGE)
 
 
 def publish(conf: Config, vectors: dict[tuple[str, str], tuple[str, np.ndarray]]) -> None:
