@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from table_rows import vectors_table
+from table_rows import run_row, vectors_table
 from table_writes import write_answers
 
 from jobs import accounting, cli, report, schemas, tables
@@ -21,29 +21,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def record_run(conf: Config, run_id: str) -> None:
+    """A `kar run` that just finished: its stage seconds and one answer cut at max tokens."""
     now = datetime.now(UTC)
     accounting.record(
         conf,
-        {
-            "run_id": run_id,
-            "command": "run",
-            "started_at": now - timedelta(minutes=5),
-            "finished_at": now,
-            "engine": "transformers",
-            "model_id": "bundled:smollm2-135m-instruct",
-            "prompts": 6,
-            "prompts_generated": 6,
-            "requests": 7,
-            "input_tokens": 1200,
-            "output_tokens": 380,
-            "output_tokens_per_s": 42.0,
-            "stage_seconds": {"prepare": 12.0, "generate": 30.5, "encode": 4.0, "total": 50.0},
-            "statuses": {"ok": 5, "length": 1},
-            "unusable": 0,
-            "history_truncated": 1,
-            "cluster_tokens_per_gpu_s": 2500.0,
-            "gpu_hours": 0.0001,
-        },
+        run_row(
+            run_id,
+            started_at=now - timedelta(minutes=5),
+            finished_at=now,
+            stage_seconds={"prepare": 12.0, "generate": 30.5, "encode": 4.0, "total": 50.0},
+            statuses={"ok": 5, "length": 1},
+        ),
     )
 
 
