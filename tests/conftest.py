@@ -11,10 +11,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from suite_cache import CACHE
 
 from jobs.config import Config, SparkConf, load_config
+from jobs.datasets import FILES
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _movielens_dir() -> Path:
+    """data/ml-100k where `make test` fetched it (the README's place), else a copy under CACHE:
+    the `ml100k` fixture only reads the checkout's copy, never fetches into it."""
+    checkout = ROOT / "data" / "ml-100k"
+    complete = all((checkout / n).is_file() and (checkout / n).stat().st_size for n in FILES)
+    return checkout if complete else CACHE / "ml-100k"
+
+
+ML100K = _movielens_dir()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -57,7 +70,7 @@ def ml100k() -> Path:
     """The real MovieLens 100K files (fetched from the recbole wheel once, then cached)."""
     from jobs.datasets import ensure_movielens_100k
 
-    return ensure_movielens_100k(ROOT / "data" / "ml-100k")
+    return ensure_movielens_100k(ML100K)
 
 
 @pytest.fixture
@@ -69,8 +82,8 @@ def make_config(tmp_path: Path):
             ROOT / "conf" / "local.yaml",
             [
                 f"run.output_dir={tmp_path / 'out'}",
-                f"run.cache_dir={ROOT / '.cache' / 'kar'}",
-                f"data.path={ROOT / 'data' / 'ml-100k'}",
+                f"run.cache_dir={CACHE}",
+                f"data.path={ML100K}",
                 *overrides,
             ],
         )

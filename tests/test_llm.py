@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from suite_cache import CACHE
 from transformers import AutoTokenizer
 
 from factors import prompts as templates
@@ -18,8 +19,6 @@ from jobs.llm import Generation, ModelError, build_engine, resolve_model
 
 pytestmark = pytest.mark.engines  # starts the LLM engines
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".cache" / "kar"
 BUNDLED = "bundled:smollm2-135m-instruct"
 
 PROMPTS = [
