@@ -32,6 +32,53 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# What the suite may leave in the checkout: Python's and pytest's caches, a concurrent ruff's,
+# and the virtualenvs (pip and bytecode; skipping them also keeps the scan fast).
+MAY_WRITE = [".pytest_cache", "*__pycache__/*", ".ruff_cache", ".venv*"]
+_BEFORE = pytest.StashKey[frozenset[str]]()
+_LEFT = pytest.StashKey[list[str]]()
+
+
+def _untracked_files() -> frozenset[str] | None:
+    """The checkout's untracked and ignored files outside MAY_WRITE, each listed on its own
+    (ignored ones included: .cache/, data/, dist/ are where stray writes used to hide).
+    None where git cannot tell (no git, or not a checkout: an unpacked release)."""
+    args = ["git", "--no-optional-locks", "status", "--porcelain", "-z", "--ignored"]
+    args += ["--untracked-files=all", "--", ".", *(f":(exclude){p}" for p in MAY_WRITE)]
+    try:
+        out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return frozenset(e[3:] for e in out.split("\0") if e[:3] in ("?? ", "!! "))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    before = _untracked_files()
+    if before is not None:
+        session.config.stash[_BEFORE] = before
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail a session that left new files in the checkout: tests write under tmp_path or
+    CACHE. Only files that appeared since the session began count, so the developer's own
+    untracked files never do."""
+    before = session.config.stash.get(_BEFORE, None)
+    after = _untracked_files() if before is not None else None
+    if after is not None and (left := sorted(after - before)):
+        session.config.stash[_LEFT] = left
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    left = terminalreporter.config.stash.get(_LEFT, [])
+    if left:
+        terminalreporter.section("files the tests left in the checkout", red=True)
+        for path in left:
+            terminalreporter.line(path)
+        terminalreporter.line("Tests write under tmp_path or suite_cache.CACHE, not the checkout.")
+
+
 # Fixtures that start an engine: a test using one is in the `engines` lane, not `make check`'s.
 ENGINE_FIXTURES = {"spark", "ray_local", "ray_head", "redis_server"}
 
