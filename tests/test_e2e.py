@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from suite_cache import CACHE
 
 from jobs import schemas
 
@@ -36,7 +37,7 @@ def kar_run(out: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
         "--conf",
         str(ROOT / "conf" / "local.yaml"),
         f"run.output_dir={out}",
-        f"run.cache_dir={ROOT / '.cache' / 'kar'}",
+        f"run.cache_dir={CACHE}",
         f"data.path={data}",
         *SLICE,
         *extra,
@@ -151,7 +152,7 @@ def test_evaluate_reuses_the_knowledge_and_reports_paired_lifts(first_run, ml100
         "--conf",
         str(ROOT / "conf" / "local.yaml"),
         f"run.output_dir={out}",
-        f"run.cache_dir={ROOT / '.cache' / 'kar'}",
+        f"run.cache_dir={CACHE}",
         f"data.path={ml100k}",
         *SLICE,
         "evaluate.seeds=[1,2]",

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from suite_cache import CACHE  # nothing to convert for an encoder; one test cache all the same
 
 from encoders.inputs import encoder_input
 from encoders.sentence import SentenceEncoder
 from jobs.models import ModelError, resolve_model
 
 BUNDLED = "bundled:all-MiniLM-L6-v2"
-CACHE = Path(__file__).resolve().parents[1] / ".cache" / "kar"  # unused: nothing to convert
 HISTORY = (
     "Given a 24-year-old M technician user, this user's movie watching history over time is "
     "listed below.\n" + " ".join(f'"Movie number {i} (1995)", 4 stars;' for i in range(30))

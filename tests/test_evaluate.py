@@ -5,12 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
-from table_rows import knowledge_row, prompt_row, prompts_table
-from test_adapt import write_live_vectors
-from test_adapters import build, synthetic
+from ctr_samples import build, synthetic
+from table_rows import (
+    attribute_row,
+    knowledge_row,
+    knowledge_table,
+    prompt_row,
+    prompts_table,
+    table_of,
+)
+from table_writes import write_live_vectors
 
 from adapters.data import EntityMatrix
 from adapters.train import build_model
@@ -68,7 +74,7 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
     conf = make_config()
     tables.overwrite(
         conf.table_path("knowledge"),
-        pa.Table.from_pylist(
+        knowledge_table(
             [
                 _knowledge_row("user", "u1", "Given a user, history: A", "likes dramas"),
                 # The production window's answer: not KAR's protocol, so evaluate skips it.
@@ -84,8 +90,7 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
                 },
                 # Only a bad answer: i3 has history but no answer, and still counts.
                 _knowledge_row("item", "i3", "Movie: Fargo (1996)", "yes yes yes", False),
-            ],
-            schema=schemas.KNOWLEDGE,
+            ]
         ),
         schemas.KNOWLEDGE,
     )
@@ -105,13 +110,14 @@ def test_texts_per_variant_and_missing_answers_skip_a_variant(make_config):
         ),
         schemas.PROMPTS,
     )
-    attributes = pa.table(
-        {
-            "kind": ["item"] * 4,
-            "entity_id": ["i1", "i1", "i2", "i3"],
-            "attribute": ["genre", "genre", "genre", "genre"],
-            "value": ["Thriller", "Crime", "Children's", "Comedy"],
-        }
+    attributes = table_of(
+        "attributes",
+        [
+            attribute_row("item", "i1", value="Thriller"),
+            attribute_row("item", "i1", value="Crime"),
+            attribute_row("item", "i2", value="Children's"),
+            attribute_row("item", "i3", value="Comedy"),
+        ],
     )
     texts = evaluate.entity_texts(conf, attributes)
     seen: list[list[str]] = []

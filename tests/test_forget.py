@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 from table_rows import (
+    attribute_row,
     embedding_row,
     knowledge_row,
     prompt_row,
@@ -28,15 +29,7 @@ def write_tables(conf) -> None:
         "knowledge": [knowledge_row(k, e) for k, e in entities],
         "embeddings": [embedding_row(k, e) for k, e in entities],
         "samples": [sample_row(u, i) for u in USERS for i in ITEMS],
-        "attributes": [
-            {
-                "kind": k,
-                "entity_id": e,
-                "attribute": "genre" if k == "item" else "age",
-                "value": "x",
-            }
-            for k, e in entities
-        ],
+        "attributes": [attribute_row(k, e) for k, e in entities],
     }
     for name, table_rows in rows.items():
         tables.overwrite(conf.table_path(name), table_of(name, table_rows), schemas.TABLES[name])

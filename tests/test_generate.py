@@ -180,7 +180,7 @@ def test_generate_after_partial_run_does_only_missing_prompts(
 def test_generate_refuses_prompts_prepared_for_another_model(make_config) -> None:
     conf = make_config(*OVERRIDES)
     tables.overwrite(conf.table_path("prompts"), _prompt_rows(), PROMPTS)
-    other = make_config(*OVERRIDES, f"llm.model={ROOT / '.cache' / 'kar' / 'models' / 'x'}")
+    other = make_config(*OVERRIDES, f"llm.model={conf.run.cache_dir / 'models' / 'x'}")
     with pytest.raises(ConfigError, match="run `kar prepare` with this config"):
         generate.run(other, "run-x")
     assert tables.version(conf.table_path("knowledge")) is None

@@ -10,28 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
-from table_rows import vectors_table
+from table_rows import sample_row, table_of, vectors_table
 
 from jobs import cli, join_features, schemas, tables, vectors
 from jobs.vectors import VersionError
-
-
-def sample_rows(pairs: list[tuple[str, str]]) -> pa.Table:
-    n = len(pairs)
-    return pa.table(
-        {
-            "user_id": [u for u, _ in pairs],
-            "item_id": [i for _, i in pairs],
-            "label": pa.array([1] * n, pa.int8()),
-            "rating": pa.array([4.0] * n, pa.float32()),
-            "timestamp": list(range(n)),
-            "position": pa.array([1] * n, pa.int32()),
-            "history_item_ids": [["i0"]] * n,
-            "history_ratings": [[3.0]] * n,
-            "split": ["train"] * n,
-        }
-    )
-
 
 V0 = {("user", "u1"): [1.0, 2.0], ("user", "u2"): [3.0, 4.0], ("item", "i1"): [5.0, 6.0]}
 V1 = {("user", "u1"): [7.0, 8.0], ("item", "i1"): [9.0, 1.0], ("item", "i2"): [2.0, 3.0]}
@@ -43,7 +25,8 @@ def conf(make_config):
     tables.overwrite(conf.table_path("vectors"), vectors_table(V0, "run-a"), schemas.VECTORS)
     tables.overwrite(conf.table_path("vectors"), vectors_table(V1, "run-b"), schemas.VECTORS)
     pairs = [("u1", "i1"), ("u2", "i2"), ("u3", "i1")]
-    tables.overwrite(conf.table_path("samples"), sample_rows(pairs), schemas.SAMPLES)
+    samples = table_of("samples", (sample_row(u, i, label=1) for u, i in pairs))
+    tables.overwrite(conf.table_path("samples"), samples, schemas.SAMPLES)
     return conf
 
 

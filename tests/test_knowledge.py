@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
-from table_rows import knowledge_row, knowledge_table, vectors_table
+from table_rows import knowledge_row, knowledge_table, sample_row, table_of, vectors_table
 
 from jobs import knowledge, schemas, tables
 
@@ -84,18 +84,16 @@ def test_the_streamed_rules_agree_with_the_arrow_ones(tmp_path, ray_local):
 
 
 def _samples(positions: dict[str, list[int]]) -> pa.Table:
-    users = [u for u, ps in positions.items() for _ in ps]
-    return pa.table(
-        {
-            "user_id": users,
-            "position": pa.array([p for ps in positions.values() for p in ps], pa.int32()),
-        }
+    """Each user's CTR samples at these positions of their history."""
+    return table_of(
+        "samples",
+        (sample_row(u, f"i{p}", position=p) for u, ps in positions.items() for p in ps),
     )
 
 
 def test_training_text_ends_before_the_users_samples_and_drops_those_inside():
     samples = _samples({"u1": [5, 6, 7, 8, 9], "u2": [3, 4], "u3": [10, 11]})
-    rows = pa.Table.from_pylist(
+    rows = knowledge_table(
         [
             # u1: last week's answer covered 8 interactions, this week's covers all 10.
             knowledge_row("user", "u1", fingerprint="boot", window="evaluation", history_end=5),
@@ -105,8 +103,7 @@ def test_training_text_ends_before_the_users_samples_and_drops_those_inside():
             knowledge_row("user", "u2", fingerprint="all", history_end=5),
             # u3: an answer of an older release (unknown window) never qualifies.
             knowledge_row("user", "u3", fingerprint="legacy", history_end=None),
-        ],
-        schema=schemas.KNOWLEDGE,
+        ]
     )
     chosen = knowledge.training_users(samples, rows)
     got = dict(zip(chosen["entity_id"].to_pylist(), chosen["fingerprint"].to_pylist(), strict=True))

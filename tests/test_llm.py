@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from suite_cache import CACHE
 from transformers import AutoTokenizer
 
 from factors import prompts as templates
@@ -19,8 +20,6 @@ from jobs.models import ModelError, resolve_model
 
 pytestmark = pytest.mark.engines  # starts the LLM engines
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".cache" / "kar"
 BUNDLED = "bundled:smollm2-135m-instruct"
 
 PROMPTS = [

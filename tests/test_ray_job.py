@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from test_report import write_answers
+from table_writes import write_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from table_rows import knowledge_row, knowledge_table, vectors_table
+from table_rows import run_row, vectors_table
+from table_writes import write_answers
 
 from jobs import accounting, cli, report, schemas, tables
 from jobs.accounting import GenerateResult
@@ -20,49 +21,18 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def record_run(conf: Config, run_id: str) -> None:
+    """A `kar run` that just finished: its stage seconds and one answer cut at max tokens."""
     now = datetime.now(UTC)
     accounting.record(
         conf,
-        {
-            "run_id": run_id,
-            "command": "run",
-            "started_at": now - timedelta(minutes=5),
-            "finished_at": now,
-            "engine": "transformers",
-            "model_id": "bundled:smollm2-135m-instruct",
-            "prompts": 6,
-            "prompts_generated": 6,
-            "requests": 7,
-            "input_tokens": 1200,
-            "output_tokens": 380,
-            "output_tokens_per_s": 42.0,
-            "stage_seconds": {"prepare": 12.0, "generate": 30.5, "encode": 4.0, "total": 50.0},
-            "statuses": {"ok": 5, "length": 1},
-            "unusable": 0,
-            "history_truncated": 1,
-            "cluster_tokens_per_gpu_s": 2500.0,
-            "gpu_hours": 0.0001,
-        },
+        run_row(
+            run_id,
+            started_at=now - timedelta(minutes=5),
+            finished_at=now,
+            stage_seconds={"prepare": 12.0, "generate": 30.5, "encode": 4.0, "total": 50.0},
+            statuses={"ok": 5, "length": 1},
+        ),
     )
-
-
-def write_answers(conf: Config, run_id: str, statuses: list[tuple[str, str]]) -> None:
-    rows = knowledge_table(
-        knowledge_row(
-            kind,
-            str(i),
-            fingerprint=f"fp{i}",
-            text="answer",
-            model_id="m",
-            input_tokens=100 + i,
-            output_tokens=50 + i,
-            status=status,
-            run_id=run_id,
-            generated_at=datetime.now(UTC),
-        )
-        for i, (kind, status) in enumerate(statuses)
-    )
-    tables.overwrite(conf.table_path("knowledge"), rows, schemas.KNOWLEDGE)
 
 
 def publish(conf: Config, vectors: dict[tuple[str, str], tuple[str, np.ndarray]]) -> None:

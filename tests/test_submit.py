@@ -22,10 +22,14 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def dist_zip() -> Path:
-    proc = subprocess.run(["make", "-s", "dist"], cwd=ROOT, capture_output=True, text=True)
+def dist_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make dist` into a tmp dir, with this test's venv: `-o` keeps make from rebuilding the
+    venv (the stamp may be older than pyproject.toml in a fresh worktree); that is setup's job."""
+    out = tmp_path_factory.mktemp("dist")
+    args = ["make", "-s", "-o", ".venv/.kar-installed", "dist", f"DIST_DIR={out}", f"BIN={BIN}"]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    return ROOT / "dist" / "kar-job.zip"
+    return out / "kar-job.zip"
 
 
 def test_dist_zip_alone_provides_every_package(dist_zip: Path, tmp_path: Path):

@@ -2,34 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from table_rows import embedding_row, table_of
 
 from jobs import schemas, tables
 from jobs.spark import read_delta, write_parts
 
-NOW = datetime(2026, 11, 23, tzinfo=UTC)
-
 
 def embedding_rows(ids: list[str], fingerprint: str = "f") -> pa.Table:
-    return pa.Table.from_pylist(
-        [
-            {
-                "kind": "item",
-                "entity_id": i,
-                "fingerprint": fingerprint,
-                "encoder_model": "m",
-                "dim": 2,
-                "embedding": [1.0, float(n)],
-                "encoded_at": NOW,
-            }
+    """Item embeddings of one answer `fingerprint`: the n-th id's vector is [1, n]."""
+    return table_of(
+        "embeddings",
+        (
+            embedding_row("item", i, fingerprint=fingerprint, dim=2, embedding=[1.0, float(n)])
             for n, i in enumerate(ids)
-        ],
-        schema=schemas.EMBEDDINGS,
+        ),
     )
 
 
