@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(DATA): | $(STAMP)
-	$(BIN)/python -m jobs.datasets data/ml-100k
+	$(BIN)/python -m jobs.plumbing.datasets data/ml-100k
 
 setup: $(STAMP) $(DATA)
 

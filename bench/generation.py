@@ -24,10 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs import generate, logs, prepare, tables
-from jobs.config import Config, load_config
-from jobs.models import resolve_model
-from jobs.schemas import PROMPTS
+from jobs import generate, prepare
+from jobs.plumbing import logs, tables
+from jobs.plumbing.config import Config, load_config
+from jobs.plumbing.models import resolve_model
+from jobs.plumbing.schemas import PROMPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.generation")

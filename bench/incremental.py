@@ -27,11 +27,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from jobs import generate, logs, prepare, tables
-from jobs.config import Config, load_config
+from jobs import generate, prepare
+from jobs.plumbing import logs, tables
+from jobs.plumbing.config import Config, load_config
+from jobs.plumbing.schemas import PROMPTS
+from jobs.plumbing.spark import session
 from jobs.readers import ML100K_FILES
-from jobs.schemas import PROMPTS
-from jobs.spark import session
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.incremental")

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from jobs import feature_store, logs, publish, schemas, tables
-from jobs.config import Config, load_config
+from jobs import publish
+from jobs.plumbing import feature_store, logs, schemas, tables
+from jobs.plumbing.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.lookup")

@@ -50,8 +50,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: `jobs` and `bench` from this checkout
 
-from jobs import logs  # noqa: E402
-from jobs.config import load_config  # noqa: E402
+from jobs.plumbing import logs  # noqa: E402
+from jobs.plumbing.config import load_config  # noqa: E402
 
 log = logging.getLogger("bench.scale")
 
@@ -418,7 +418,8 @@ def warm_model_cache(conf_path: Path, size_dir: Path) -> None:
     """Convert the bundled LLM checkpoint once, outside the timings (prepare reads its
     tokenizer's special tokens, the generate worker resolves its directory)."""
     code = (
-        "import sys; from jobs.config import load_config; from jobs.models import resolve_model; "
+        "import sys; from jobs.plumbing.config import load_config; "
+        "from jobs.plumbing.models import resolve_model; "
         "c = load_config(sys.argv[1]); resolve_model(c.llm.model, 'llm', c.run.cache_dir)"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))

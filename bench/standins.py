@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.config import EncoderConf, LLMConf
 from jobs.llm.base import Generation
+from jobs.plumbing.config import EncoderConf, LLMConf
 
 # The chat template adds about this many tokens around a user turn (SmolLM2's adds 9-12).
 _TEMPLATE_TOKENS = 10

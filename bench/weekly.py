@@ -28,10 +28,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from jobs import generate, logs, prepare
-from jobs.config import Config, load_config
+from jobs import generate, prepare
+from jobs.plumbing import logs
+from jobs.plumbing.config import Config, load_config
+from jobs.plumbing.spark import session
 from jobs.readers import ML100K_FILES
-from jobs.spark import session
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "ml-100k"

@@ -54,9 +54,9 @@ from adapters.data import EntityMatrix
 from adapters.moe import HybridExpertAdaptor, Tower
 from adapters.train import train_and_evaluate
 from adapters.vectors import export
-from jobs import ctr, faults, knowledge, schemas, tables
-from jobs.config import Config
-from jobs.errors import InputError, MissingTableError
+from jobs.plumbing import ctr, faults, knowledge, schemas, tables
+from jobs.plumbing.config import Config
+from jobs.plumbing.errors import InputError, MissingTableError
 
 if TYPE_CHECKING:
     import ray.data
@@ -414,7 +414,7 @@ def export_vectors(
     else:
         import ray.data
 
-        from jobs.ray_data import ensure_ray, outputs
+        from jobs.plumbing.ray_data import ensure_ray, outputs
 
         ensure_ray(conf.ray)
         parts = export_stream(conf, versions["embeddings"]).map_batches(

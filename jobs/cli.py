@@ -25,14 +25,14 @@ import sys
 from pathlib import Path
 
 from factors.sets import FactorSetError
-from jobs import lock, logs
-from jobs.config import Config, load_config
-from jobs.errors import InputError
+from jobs.plumbing import lock, logs
+from jobs.plumbing.config import Config, load_config
+from jobs.plumbing.errors import InputError
 
 log = logging.getLogger("kar")
 
 STAGES = ("prepare", "generate", "encode", "adapt")
-# Commands that write to run.output_dir: one at a time per directory (jobs/lock.py).
+# Commands that write to run.output_dir: one at a time per directory (jobs/plumbing/lock.py).
 WRITERS = frozenset({"run", *STAGES, "evaluate", "publish", "forget", "maintain"})
 # What the person running the job can fix: exit 2, the message, no traceback. Factor
 # discovery (factors/, a library) raises its own. Anything else is a bug: its traceback shows.
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--out", type=Path, default=None, help="YAML to write for review")
     _add_conf_args(disc)
 
-    from jobs import join_features, vectors
+    from jobs import join_features
+    from jobs.plumbing import vectors
 
     vec = sub.add_parser("vectors", help="show a vectors version (time travel)")
     vectors.add_selector_args(vec)
@@ -111,7 +112,7 @@ def _stage(command: str, conf: Config, run_id: str, args: argparse.Namespace) ->
     from dataclasses import asdict
     from datetime import UTC, datetime
 
-    from jobs import accounting
+    from jobs.plumbing import accounting
 
     # Only the stage that runs is imported: adapt's torch (~450 MB) stays out of the others.
     module = importlib.import_module(f"jobs.{command}")
@@ -143,7 +144,7 @@ def _dispatch(args: argparse.Namespace, conf: Config, run_id: str) -> None:
         result = _stage(args.command, conf, run_id, args)
         sys.stdout.write(json.dumps(result, default=str) + "\n")
     elif args.command == "vectors":
-        from jobs import vectors
+        from jobs.plumbing import vectors
 
         snapshot = vectors.resolve(conf.table_path("vectors"), args.version, args.as_of)
         sys.stdout.write(json.dumps(vectors.describe(snapshot, args.entity)) + "\n")

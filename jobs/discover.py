@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 
 from factors.sets import FactorSetError, load
-from jobs.config import Config
-from jobs.models import load_engine
+from jobs.plumbing.config import Config
+from jobs.plumbing.models import load_engine
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Encode stage: turn each entity's current knowledge text into one vector in `embeddings`.
 
 An entity's current knowledge is its latest usable `knowledge` row
-(jobs/knowledge.py), per window. Only those whose (kind, entity_id,
+(jobs/plumbing/knowledge.py), per window. Only those whose (kind, entity_id,
 fingerprint) has no embedding from the configured encoder yet are encoded, so a
 rerun encodes nothing and a changed answer is re-encoded once. Batches go to a
 Ray Data actor pool, one encoder per actor; actors write the vectors as Parquet
@@ -26,13 +26,13 @@ import ray.data
 
 from encoders import ENGINES, Encoder, build_encoder
 from encoders.inputs import encoder_input
-from jobs import faults, knowledge, tables
-from jobs.config import Config, EncoderConf
-from jobs.errors import MissingTableError
-from jobs.models import BUNDLED_PREFIX, resolve_model
-from jobs.plugins import load_class
-from jobs.ray_data import actor_pool, blocks, ensure_ray, outputs
-from jobs.schemas import EMBEDDINGS
+from jobs.plumbing import faults, knowledge, tables
+from jobs.plumbing.config import Config, EncoderConf
+from jobs.plumbing.errors import MissingTableError
+from jobs.plumbing.models import BUNDLED_PREFIX, resolve_model
+from jobs.plumbing.plugins import load_class
+from jobs.plumbing.ray_data import actor_pool, blocks, ensure_ray, outputs
+from jobs.plumbing.schemas import EMBEDDINGS
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def pending_inputs(conf: Config) -> pa.Table | ray.data.Dataset:
     Per window, not per entity: a user's production answer is what adapt exports,
     its KAR's-cut answer (bootstrap) what the adaptor may train on; both need a
     vector. Columns kind, entity_id, fingerprint, context, text. The knowledge rules
-    of jobs/knowledge.py, then an anti-join with `embeddings`: in Arrow here when both
+    of jobs/plumbing/knowledge.py, then an anti-join with `embeddings`: in Arrow here when both
     tables are small (ray.local_rows, so a no-change rerun needs no Ray), else a Ray
     Dataset that workers stream.
     """

@@ -56,10 +56,10 @@ from adapters.moe import TOWERS, HybridExpertAdaptor, Tower
 from adapters.train import BACKBONES, KarMode, TrainResult, train_and_evaluate
 from adapters.vectors import export
 from encoders.inputs import encoder_input
-from jobs import ctr, knowledge, schemas, tables
-from jobs.config import Backbone, Config
-from jobs.errors import InputError
-from jobs.models import resolve_model
+from jobs.plumbing import ctr, knowledge, schemas, tables
+from jobs.plumbing.config import Backbone, Config
+from jobs.plumbing.errors import InputError
+from jobs.plumbing.models import resolve_model
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs import tables
-from jobs.config import Config
-from jobs.feature_store import feature_store
+from jobs.plumbing import tables
+from jobs.plumbing.config import Config
+from jobs.plumbing.feature_store import feature_store
 
 log = logging.getLogger(__name__)
 

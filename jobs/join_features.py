@@ -32,12 +32,12 @@ from deltalake import CommitProperties, write_deltalake
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import schemas, tables
-from jobs.config import Config
-from jobs.errors import MissingTableError
+from jobs.plumbing import schemas, tables
+from jobs.plumbing.config import Config
+from jobs.plumbing.errors import MissingTableError
+from jobs.plumbing.spark import read_delta, session
+from jobs.plumbing.vectors import Snapshot, resolve
 from jobs.readers import DataError
-from jobs.spark import read_delta, session
-from jobs.vectors import Snapshot, resolve
 
 log = logging.getLogger(__name__)
 

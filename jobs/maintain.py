@@ -1,6 +1,6 @@
 """`kar maintain`: compact every table's small files and vacuum the files no version needs.
 
-Stages append Parquet parts and commit them (jobs/tables.py), so tables gather small
+Stages append Parquet parts and commit them (jobs/plumbing/tables.py), so tables gather small
 files; a killed run can leave parts it never committed. Compaction rewrites small
 files into large ones (readers see the same rows; a new version), and vacuum deletes
 files that no version younger than `run.retain_hours` uses, uncommitted parts
@@ -13,8 +13,8 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from jobs import schemas, tables
-from jobs.config import Config
+from jobs.plumbing import schemas, tables
+from jobs.plumbing.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ lists one of two history windows (prepare.window): production, the latest
 max_prompt_history interactions (what the weekly run publishes), or KAR's
 evaluation cut, the first n = min((len+1)//2, max_prompt_history). CTR samples
 start at KAR's cut; adapt trains each user's text only against samples after
-the prompt that produced it (jobs/knowledge.py), so no label is in its prompt.
+the prompt that produced it (jobs/plumbing/knowledge.py), so no label is in its prompt.
 
 Every entity's prompt inputs are fingerprinted. An item is due a new answer when
 its fingerprint has none; a user in the production window when the refresh
@@ -38,10 +38,11 @@ from pyspark.sql.types import StringType
 from factors import prompts, sets, untrusted
 from factors.sets import FactorSet
 from factors.untrusted import age_range
-from jobs import faults, knowledge, llm, readers, schemas, tables
-from jobs.config import Config
-from jobs.models import ModelError, resolve_model
-from jobs.spark import read_delta, session, write_parts
+from jobs import llm, readers
+from jobs.plumbing import faults, knowledge, schemas, tables
+from jobs.plumbing.config import Config
+from jobs.plumbing.models import ModelError, resolve_model
+from jobs.plumbing.spark import read_delta, session, write_parts
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import faults, schemas, tables
-from jobs.config import Config
-from jobs.feature_store import online_store
-from jobs.vectors import Snapshot, batches, resolve
+from jobs.plumbing import faults, schemas, tables
+from jobs.plumbing.config import Config
+from jobs.plumbing.feature_store import online_store
+from jobs.plumbing.vectors import Snapshot, batches, resolve
 
 if TYPE_CHECKING:
     from feast import FeatureStore

@@ -41,9 +41,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import knowledge, schemas, tables, vectors
-from jobs.config import Config
-from jobs.errors import InputError
+from jobs.plumbing import knowledge, schemas, tables, vectors
+from jobs.plumbing.config import Config
+from jobs.plumbing.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -14,19 +14,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from jobs import (
-    accounting,
-    adapt,
-    encode,
-    generate,
-    knowledge,
-    lock,
-    prepare,
-    report,
-    schemas,
-    tables,
-)
-from jobs.config import Config
+from jobs import adapt, encode, generate, prepare, report
+from jobs.plumbing import accounting, knowledge, lock, schemas, tables
+from jobs.plumbing.config import Config
 
 log = logging.getLogger(__name__)
 

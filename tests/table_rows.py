@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from jobs import schemas
+from jobs.plumbing import schemas
 
 WHEN = datetime(2026, 11, 16, tzinfo=UTC)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from table_rows import knowledge_row, knowledge_table, vectors_table
 
-from jobs import schemas, tables
-from jobs.config import Config
+from jobs.plumbing import schemas, tables
+from jobs.plumbing.config import Config
 
 
 def write_live_vectors(

@@ -12,8 +12,9 @@ from table_rows import embedding_row, knowledge_row, knowledge_table, table_of
 from table_writes import write_live_vectors
 
 from adapters.moe import HybridExpertAdaptor
-from jobs import adapt, ctr, knowledge, schemas, tables
-from jobs.errors import MissingTableError
+from jobs import adapt
+from jobs.plumbing import ctr, knowledge, schemas, tables
+from jobs.plumbing.errors import MissingTableError
 
 T0 = datetime(2026, 11, 16, tzinfo=UTC)
 T1, T2 = T0 + timedelta(days=7), T0 + timedelta(days=8)

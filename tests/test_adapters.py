@@ -16,8 +16,8 @@ from adapters.din import DIN
 from adapters.features import FeatureSizes
 from adapters.moe import HybridExpertAdaptor
 from adapters.train import train_and_evaluate
-from jobs import schemas
-from jobs.config import AdaptConf
+from jobs.plumbing import schemas
+from jobs.plumbing.config import AdaptConf
 
 
 def adaptor(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobs import cli
-from jobs.config import load_config
+from jobs.plumbing.config import load_config
 
 pytestmark = pytest.mark.engines  # loads the DAG in Airflow's own venv
 

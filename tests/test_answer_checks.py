@@ -11,11 +11,11 @@ import pytest
 
 from factors import prompts as templates
 from factors.sets import load
-from jobs.config import GenerateConf, LLMConf
 from jobs.generate import answer, token_batches
 from jobs.llm.base import Generation
 from jobs.llm.checks import AnswerChecks, repeat_share
 from jobs.llm.fit import fit_prompt
+from jobs.plumbing.config import GenerateConf, LLMConf
 
 CHECKS = AnswerChecks.from_conf(GenerateConf())
 FS = load("movies")

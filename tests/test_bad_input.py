@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs import cli, encode, prepare, tables
-from jobs.config import DataConf, FileConf, load_config
+from jobs import cli, encode, prepare
+from jobs.plumbing import tables
+from jobs.plumbing.config import DataConf, FileConf, load_config
 from jobs.readers import DataError, read
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import ConfigError, load_config
+from jobs.plumbing.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.datasets import FILES, ensure_movielens_100k
+from jobs.plumbing.datasets import FILES, ensure_movielens_100k
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_fetch_replaces_a_partial_copy_and_leaves_no_staging(tmp_path: Path) -> 
 
 def test_cli_prints_the_dataset_directory(ml100k: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "jobs.datasets", str(ml100k)],
+        [sys.executable, "-m", "jobs.plumbing.datasets", str(ml100k)],
         cwd=ROOT,
         check=True,
         capture_output=True,

@@ -15,7 +15,7 @@ import pytest
 from deltalake import DeltaTable
 from suite_cache import CACHE
 
-from jobs import schemas
+from jobs.plumbing import schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 KAR = str(Path(sys.executable).with_name("kar"))

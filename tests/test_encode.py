@@ -12,11 +12,12 @@ from table_rows import knowledge_row, knowledge_table
 
 from encoders.inputs import encoder_input
 from encoders.sentence import SentenceEncoder
-from jobs import encode, tables
-from jobs.config import Config
-from jobs.errors import MissingTableError
-from jobs.models import ModelError, resolve_model
-from jobs.schemas import EMBEDDINGS, KNOWLEDGE
+from jobs import encode
+from jobs.plumbing import tables
+from jobs.plumbing.config import Config
+from jobs.plumbing.errors import MissingTableError
+from jobs.plumbing.models import ModelError, resolve_model
+from jobs.plumbing.schemas import EMBEDDINGS, KNOWLEDGE
 
 T0 = datetime(2025, 1, 6, tzinfo=UTC)
 T1 = T0 + timedelta(days=7)

@@ -12,7 +12,7 @@ from suite_cache import CACHE  # nothing to convert for an encoder; one test cac
 
 from encoders.inputs import encoder_input
 from encoders.sentence import SentenceEncoder
-from jobs.models import ModelError, resolve_model
+from jobs.plumbing.models import ModelError, resolve_model
 
 BUNDLED = "bundled:all-MiniLM-L6-v2"
 HISTORY = (

@@ -17,7 +17,8 @@ from table_rows import (
     vectors_table,
 )
 
-from jobs import cli, feature_store, publish, schemas, tables
+from jobs import cli, publish
+from jobs.plumbing import feature_store, schemas, tables
 
 USERS, ITEMS = ["u1", "u2", "o'brien"], ["i1", "i2"]
 

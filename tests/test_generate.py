@@ -27,10 +27,11 @@ from table_rows import (
 
 from factors import prompts as templates
 from factors.sets import load
-from jobs import generate, tables
-from jobs.config import Config, ConfigError
-from jobs.errors import MissingTableError
-from jobs.schemas import KNOWLEDGE, PROMPTS, SAMPLES
+from jobs import generate
+from jobs.plumbing import tables
+from jobs.plumbing.config import Config, ConfigError
+from jobs.plumbing.errors import MissingTableError
+from jobs.plumbing.schemas import KNOWLEDGE, PROMPTS, SAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = [
@@ -133,7 +134,8 @@ def test_generate_writes_knowledge_with_provenance_then_reruns_as_noop(
 
     # Nothing pending: no Ray, no write. Run in a fresh process to see that Ray never starts.
     script = (
-        "import json, sys, ray; from jobs import generate; from jobs.config import load_config;"
+        "import json, sys, ray; from jobs import generate; "
+        "from jobs.plumbing.config import load_config;"
         "conf = load_config(sys.argv[1], json.loads(sys.argv[2]));"
         "r = generate.run(conf, 'run-b');"
         "print(json.dumps([r.prompts_generated, r.knowledge_version, ray.is_initialized()]))"

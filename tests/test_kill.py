@@ -1,4 +1,4 @@
-"""`kill -9` in every stage, exactly between two of its commits (jobs/faults.py), then a
+"""`kill -9` in every stage, exactly between two of its commits (jobs/plumbing/faults.py), then a
 rerun: it completes, every table opens, and no key has two current rows. The real `kar`
 CLI on real Spark, Ray, encoder, adaptor, Delta and Feast. (generate's kill tests, with
 a real external SIGKILL, are in test_generate.py.)"""
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from table_rows import embedding_row, knowledge_row, sample_row, table_of, vectors_table
 
-from jobs import feature_store, schemas, tables
-from jobs.config import Config
+from jobs.plumbing import feature_store, schemas, tables
+from jobs.plumbing.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e

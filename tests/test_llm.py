@@ -14,9 +14,9 @@ from transformers import AutoTokenizer
 
 from factors import prompts as templates
 from factors.sets import load
-from jobs.config import LLMConf
 from jobs.llm import Generation, build_engine
-from jobs.models import ModelError, resolve_model
+from jobs.plumbing.config import LLMConf
+from jobs.plumbing.models import ModelError, resolve_model
 
 pytestmark = pytest.mark.engines  # starts the LLM engines
 

@@ -9,15 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-from jobs import lock
-from jobs.config import load_config
+from jobs.plumbing import lock
+from jobs.plumbing.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # Holds the lock of argv[1] as run argv[2], says so in argv[3], waits for argv[4] to exist.
 HOLDER = """
 import sys, time, pathlib
-from jobs import lock
-from jobs.config import load_config
+from jobs.plumbing import lock
+from jobs.plumbing.config import load_config
 conf = load_config(None, [f"run.output_dir={sys.argv[1]}"])
 with lock.hold(conf, "run", sys.argv[2]):
     pathlib.Path(sys.argv[3]).write_text("held")

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from jobs import logs
+from jobs.plumbing import logs
 
 
 def _record(level: int, pathname: str) -> logging.LogRecord:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from table_rows import knowledge_row, knowledge_table
 
-from jobs import maintain, schemas, tables
+from jobs import maintain
+from jobs.plumbing import schemas, tables
 
 
 def test_maintain_compacts_parts_and_vacuums_uncommitted_ones(make_config) -> None:

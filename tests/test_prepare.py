@@ -13,9 +13,10 @@ from pyspark.sql import functions as F
 from table_rows import knowledge_row, knowledge_table
 
 from factors import sets
-from jobs import prepare, schemas, tables
+from jobs import prepare
+from jobs.plumbing import schemas, tables
+from jobs.plumbing.spark import read_delta, write_parts
 from jobs.readers import RawData
-from jobs.spark import read_delta, write_parts
 
 FS = sets.load("movies")
 

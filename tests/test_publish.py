@@ -11,8 +11,9 @@ import redis
 from deltalake import DeltaTable
 from table_rows import vectors_table
 
-from jobs import feature_store, publish, schemas, tables, vectors
-from jobs.config import Config
+from jobs import publish
+from jobs.plumbing import feature_store, schemas, tables, vectors
+from jobs.plumbing.config import Config
 
 N_USERS, N_ITEMS, DIM = 40, 30, 32
 

@@ -1,4 +1,4 @@
-"""jobs/ray_data.py on a real local Ray: the commit loops see each block when it is done."""
+"""jobs/plumbing/ray_data.py on a real local Ray: commit loops see each block when it is done."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs.config import GenerateConf
-from jobs.ray_data import actor_pool, blocks, outputs
+from jobs.plumbing.config import GenerateConf
+from jobs.plumbing.ray_data import actor_pool, blocks, outputs
 
 # How long the second call waits for the driver's sign that the first block arrived; on
 # failure the test costs this, on success only as long as the driver takes to get it.

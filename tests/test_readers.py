@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.config import DataConf, FileConf
+from jobs.plumbing.config import DataConf, FileConf
 from jobs.readers import FORMATS, DataError, RawData, read
 
 INTERACTIONS = [
@@ -142,7 +142,7 @@ def test_missing_column_lists_what_the_file_has(spark, ml100k: Path, tmp_path: P
 
 
 def test_missing_dataset_says_how_to_fetch_it(spark, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=re.escape("python -m jobs.datasets")):
+    with pytest.raises(DataError, match=re.escape("python -m jobs.plumbing.datasets")):
         read(spark, DataConf(format="movielens-100k", path=tmp_path / "nowhere"))
 
 

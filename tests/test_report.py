@@ -11,10 +11,11 @@ import pytest
 from table_rows import run_row, vectors_table
 from table_writes import write_answers
 
-from jobs import accounting, cli, report, schemas, tables
-from jobs.accounting import GenerateResult
-from jobs.config import Config
-from jobs.errors import InputError
+from jobs import cli, report
+from jobs.plumbing import accounting, schemas, tables
+from jobs.plumbing.accounting import GenerateResult
+from jobs.plumbing.config import Config
+from jobs.plumbing.errors import InputError
 
 DIM = 16
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

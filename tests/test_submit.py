@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from jobs import schemas
+from jobs.plumbing import schemas
 
 pytestmark = pytest.mark.engines  # builds the dist zip and submits jobs
 

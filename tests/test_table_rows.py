@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from table_rows import ROW_BUILDERS, table_of
 
-from jobs import schemas, tables
+from jobs.plumbing import schemas, tables
 
 
 def test_every_declared_table_has_a_row_builder():

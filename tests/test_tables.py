@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from table_rows import embedding_row, table_of
 
-from jobs import schemas, tables
-from jobs.spark import read_delta, write_parts
+from jobs.plumbing import schemas, tables
+from jobs.plumbing.spark import read_delta, write_parts
 
 
 def embedding_rows(ids: list[str], fingerprint: str = "f") -> pa.Table:

@@ -10,7 +10,7 @@ from factors import prompts
 from factors.sets import load
 from factors.untrusted import Cleaner, age_range, quote
 from jobs.llm import special_tokens
-from jobs.models import resolve_model
+from jobs.plumbing.models import resolve_model
 
 FS = load("movies")
 HOSTILE = [

@@ -2,7 +2,7 @@
 
 A library: it imports nothing else from the job and owns its settings (config.py),
 which the job's config composes. Engines load a local checkpoint directory;
-jobs/models.py resolves llm.model to one and imports a plug-in engine's class.
+jobs/plumbing/models.py resolves llm.model to one and imports a plug-in engine's class.
 """
 
 from jobs.llm.base import Engine, Generation

@@ -1,7 +1,7 @@
 """The LLM library's settings: what an engine is built from and how its answers are checked.
 
 Plain pydantic models that import neither torch nor the job; the job's config
-(jobs/config.py) composes them with its own keys and checks.
+(jobs/plumbing/config.py) composes them with its own keys and checks.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
-from jobs.config import DataConf
+from jobs.plumbing.config import DataConf
 from jobs.readers import generic, movielens
 from jobs.readers.movielens import ML100K_FILES
 from jobs.readers.validate import DataError, Inputs, RawData, finish

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import DataConf, FileConf
+from jobs.plumbing.config import DataConf, FileConf
 from jobs.readers.validate import (
     POSITION,
     DataError,

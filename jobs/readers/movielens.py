@@ -1,7 +1,7 @@
 """MovieLens inputs, read from the directory at data.path (`data.format`):
 
 - movielens-100k: RecBole atomic files (`ml-100k.inter/.item/.user`, tab-separated, typed
-  header such as `user_id:token`), as fetched by `python -m jobs.datasets`.
+  header such as `user_id:token`), as fetched by `python -m jobs.plumbing.datasets`.
 - movielens-1m: the raw ML-1M `ratings.dat`, `movies.dat`, `users.dat` (`::`-separated,
   latin-1 encoded); age and occupation codes are decoded to words for the prompts.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import DataConf
+from jobs.plumbing.config import DataConf
 from jobs.readers.validate import (
     POSITION,
     DataError,
@@ -80,7 +80,9 @@ GENDERS = {"M": "male", "F": "female"}
 def read_100k(spark: SparkSession, conf: DataConf) -> Inputs:
     """RecBole's ML-100K atomic files: typed header, tab-separated; users file optional."""
     root, scale = _directory(conf.path, conf.format), conf.rating_scale
-    fix = f"Run `python -m jobs.datasets {root}` to fetch MovieLens 100K, or fix data.path."
+    fix = (
+        f"Run `python -m jobs.plumbing.datasets {root}` to fetch MovieLens 100K, or fix data.path."
+    )
     hint = "The file is not a RecBole atomic file of MovieLens 100K; fetch it again."
     paths = {what: root / name for what, name in ML100K_FILES.items()}
 
@@ -188,7 +190,7 @@ def read_1m(spark: SparkSession, conf: DataConf) -> Inputs:
 def _directory(path: Path | None, fmt: str) -> Path:
     """data.path, checked to be a directory with files in it (found there by name)."""
     fetch = (
-        " Run `python -m jobs.datasets data/ml-100k` to fetch it."
+        " Run `python -m jobs.plumbing.datasets data/ml-100k` to fetch it."
         if fmt == "movielens-100k"
         else ""
     )

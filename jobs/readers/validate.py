@@ -25,8 +25,8 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.config import DataConf, FileConf
-from jobs.errors import InputError
+from jobs.plumbing.config import DataConf, FileConf
+from jobs.plumbing.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import schemas, tables
-from jobs.errors import InputError
+from jobs.plumbing import schemas, tables
+from jobs.plumbing.errors import InputError
 
 
 class VersionError(InputError):

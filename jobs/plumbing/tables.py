@@ -27,8 +27,8 @@ from deltalake.transaction import AddAction, create_table_with_add_actions
 if TYPE_CHECKING:
     import ray.data
 
-from jobs.errors import InputError
-from jobs.schemas import STAGES
+from jobs.plumbing.errors import InputError
+from jobs.plumbing.schemas import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def dataset(
     """A Delta snapshot as a Ray Dataset that workers read file by file (streamed).
 
     `columns` of the declared `schema` (default all), rows matching `where`; empty with
-    those columns if the table does not exist. Ray must be started (jobs/ray_data.py).
+    those columns if the table does not exist. Ray must be started (jobs/plumbing/ray_data.py).
     `where` is applied to each batch, not pushed into the scan (see `scan`).
     """
     import ray.data

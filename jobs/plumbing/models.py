@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from jobs.errors import InputError
 from jobs.llm.base import Engine
 from jobs.llm.config import LLMSettings
 from jobs.llm.engines import ENGINES, build_engine
-from jobs.plugins import load_class
+from jobs.plumbing.errors import InputError
+from jobs.plumbing.plugins import load_class
 
 BUNDLED_PREFIX = "bundled:"
 

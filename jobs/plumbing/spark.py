@@ -22,8 +22,8 @@ from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from jobs import tables
-from jobs.config import SparkConf
+from jobs.plumbing import tables
+from jobs.plumbing.config import SparkConf
 
 log = logging.getLogger(__name__)
 

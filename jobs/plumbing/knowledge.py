@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import schemas, tables
+from jobs.plumbing import schemas, tables
 
 if TYPE_CHECKING:
     import ray.data

@@ -1,0 +1,81 @@
+"""The layout's rules, read from the source (AST; nothing is imported): libraries stand
+alone, stages import no other stage, and jobs/ has no import circle."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARIES = ("adapters", "encoders", "factors")
+# Entry points run stages by design: the CLI dispatches, `kar run` runs them in order.
+ENTRY_POINTS = {"jobs.cli", "jobs.run"}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in ("jobs", *LIBRARIES):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+MODULES = _modules()
+# A stage (a recipe) is a module directly in jobs/; subpackages are plumbing and libraries.
+STAGES = {m for m in MODULES if m.count(".") == 1 and (ROOT / "jobs" / f"{m[5:]}.py").is_file()}
+
+
+def _is_main_block(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":` (a stage run as a script calls the CLI from there)."""
+    test = getattr(node, "test", None)
+    return isinstance(test, ast.Compare) and getattr(test.left, "id", None) == "__name__"
+
+
+def imports(module: str) -> set[str]:
+    """Project modules `module` imports (at any depth, lazily or not), script blocks aside."""
+    tree = ast.parse(MODULES[module].read_text())
+    body = [n for n in tree.body if not _is_main_block(n)]
+    found: set[str] = set()
+    for node in (n for top in body for n in ast.walk(top)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        found |= {n for n in names if n in MODULES}
+    return found - {module}
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_libraries_import_nothing_from_the_job(library):
+    for module in (m for m in MODULES if m.split(".")[0] == library):
+        assert not {i for i in imports(module) if i.split(".")[0] == "jobs"}, module
+
+
+def test_llm_engines_import_nothing_else_from_the_job():
+    for module in (m for m in MODULES if m.startswith("jobs.llm")):
+        outside = {i for i in imports(module) if i.startswith("jobs") and i != "jobs"}
+        assert all(i.startswith("jobs.llm") for i in outside), (module, outside)
+
+
+def test_nothing_but_entry_points_imports_a_stage():
+    for module in set(MODULES) - ENTRY_POINTS:
+        assert not (imports(module) & STAGES) - {module}, module
+
+
+def test_jobs_import_graph_has_no_circle():
+    graph = {m: imports(m) - ENTRY_POINTS for m in MODULES if m not in ENTRY_POINTS}
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the circle
+
+
+def test_the_rules_see_the_layout():
+    """Guards the checks above against passing on nothing."""
+    assert {"jobs.prepare", "jobs.adapt", "jobs.evaluate"} <= STAGES
+    assert "jobs.plumbing.tables" in imports("jobs.adapt")
+    assert "adapters.vectors" in imports("jobs.evaluate")
