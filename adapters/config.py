@@ -1,7 +1,7 @@
 """The adapters library's settings: the adaptor's shape and how a CTR model is trained.
 
 Plain pydantic models that import neither torch nor the job, so a config can be
-loaded and checked anywhere; the job's config (jobs/config.py) composes them.
+loaded and checked anywhere; the job's config (jobs/plumbing/config.py) composes them.
 """
 
 from __future__ import annotations

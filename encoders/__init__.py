@@ -1,7 +1,7 @@
 """Text encoders behind one small interface, chosen by `encoder.engine`.
 
 "sentence-transformers" (the default) loads a local sentence-transformers model
-directory (the job resolves `bundled:` names to one: jobs/models.py); a plug-in class
+directory (the job resolves `bundled:` names to one: jobs/plumbing/models.py); a plug-in class
 ("package.module:Class", imported by the caller) serves platforms with their own
 embedding service. This module imports no model library itself, so workers load only
 the engine they use.

@@ -1,7 +1,7 @@
 """The knowledge encoder: a local sentence-transformers model that turns texts into vectors.
 
 It loads a local model directory only: there is no model hub here, and the job
-(jobs/models.py) turns a `bundled:` name into the directory its package ships.
+(jobs/plumbing/models.py) turns a `bundled:` name into the directory its package ships.
 KAR mean-pools token states; the pooling a model really uses is read from its
 loaded Pooling module (built from its `1_Pooling/config.json`) and logged, and
 a model that pools differently gets a warning rather than a silent mismatch.
