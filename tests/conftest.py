@@ -11,12 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from suite_cache import CACHE
+from suite_paths import CACHE, ROOT
 
 from jobs.plumbing.config import Config, SparkConf, load_config
 from jobs.plumbing.datasets import FILES
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _movielens_dir() -> Path:

@@ -11,13 +11,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from suite_paths import ROOT
 
 from jobs import cli
 from jobs.plumbing.config import load_config
 
 pytestmark = pytest.mark.engines  # loads the DAG in Airflow's own venv
 
-ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
 DAG_FOLDER = ROOT / "conf" / "airflow"
 AIRFLOW_RUN_ID = "scheduled__2026-11-30T03:00:00+00:00"

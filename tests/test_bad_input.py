@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from suite_paths import ROOT
 
 from jobs import cli, encode, prepare
 from jobs.plumbing import tables
 from jobs.plumbing.config import DataConf, FileConf, load_config
 from jobs.readers import DataError, read
 
-ROOT = Path(__file__).resolve().parents[1]
 GOOD_EVENTS = ["u1,i1,4,1000000000", "u1,i2,2,1000000100", "u2,i1,5,1000000200"]
 GOOD_ITEMS = ["i1,Heat (1995),Crime", "i2,Babe (1995),Children"]
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
-from suite_cache import CACHE
+from suite_paths import CACHE, ROOT
 
 from jobs.plumbing import schemas
 
-ROOT = Path(__file__).resolve().parents[1]
 KAR = str(Path(sys.executable).with_name("kar"))
 pytestmark = pytest.mark.e2e
 

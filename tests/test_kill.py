@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from suite_paths import ROOT
 from table_rows import embedding_row, knowledge_row, sample_row, table_of, vectors_table
 
 from jobs.plumbing import feature_store, schemas, tables
 from jobs.plumbing.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 

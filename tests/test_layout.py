@@ -8,8 +8,8 @@ import graphlib
 from pathlib import Path
 
 import pytest
+from suite_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("adapters", "encoders", "factors")
 # Entry points run stages by design: the CLI dispatches, `kar run` runs them in order.
 ENTRY_POINTS = {"jobs.cli", "jobs.run"}

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
+from suite_paths import ROOT
 from table_writes import write_answers
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 

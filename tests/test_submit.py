@@ -12,12 +12,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from suite_paths import ROOT
 
 from jobs.plumbing import schemas
 
 pytestmark = pytest.mark.engines  # builds the dist zip and submits jobs
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 

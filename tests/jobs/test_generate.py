@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from suite_paths import ROOT
 from table_rows import (
     knowledge_row,
     knowledge_table,
@@ -33,7 +34,6 @@ from jobs.plumbing.config import Config, ConfigError
 from jobs.plumbing.errors import MissingTableError
 from jobs.plumbing.schemas import KNOWLEDGE, PROMPTS, SAMPLES
 
-ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = [
     "llm.max_new_tokens=12",
     "llm.batch_size=2",

@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from suite_paths import ROOT
+
 from jobs.plumbing import lock
 from jobs.plumbing.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 # Holds the lock of argv[1] as run argv[2], says so in argv[3], waits for argv[4] to exist.
 HOLDER = """
 import sys, time, pathlib

@@ -1,10 +1,9 @@
 from pathlib import Path
 
 import pytest
+from suite_paths import ROOT
 
 from jobs.plumbing.config import ConfigError, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_local_yaml_is_valid_and_typed():

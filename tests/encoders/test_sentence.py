@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from suite_cache import CACHE  # nothing to convert for an encoder; one test cache all the same
+from suite_paths import CACHE  # nothing to convert for an encoder; one test cache all the same
 
 from encoders.inputs import encoder_input
 from encoders.sentence import SentenceEncoder

@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.plumbing.datasets import FILES, ensure_movielens_100k
+from suite_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+from jobs.plumbing.datasets import FILES, ensure_movielens_100k
 
 
 def test_second_call_does_not_download_again(ml100k: Path) -> None:

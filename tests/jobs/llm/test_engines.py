@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from suite_cache import CACHE
+from suite_paths import CACHE
 from transformers import AutoTokenizer
 
 from factors import prompts as templates

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from suite_cache import CACHE
+from suite_paths import CACHE
 from transformers import AutoTokenizer
 
 from factors import prompts
