@@ -49,39 +49,28 @@ class BackboneSpec:
     build: Callable[[FeatureSizes, TrainConf, int], nn.Module]
 
 
+def _deep(cls: type[DIN] | type[DeepFM]) -> Callable[[FeatureSizes, TrainConf, int], nn.Module]:
+    """Builder of a backbone whose deep part is conf.dnn_hidden (DIN, DeepFM)."""
+
+    def build(sizes: FeatureSizes, conf: TrainConf, kar_dim: int) -> nn.Module:
+        hidden, dropout = tuple(conf.dnn_hidden), conf.adaptor.dropout
+        return cls(sizes, conf.embedding_dim, kar_dim=kar_dim, hidden=hidden, dropout=dropout)
+
+    return build
+
+
+def _dcnv2(sizes: FeatureSizes, conf: TrainConf, kar_dim: int) -> nn.Module:
+    hidden, dropout = tuple(conf.dnn_hidden), conf.adaptor.dropout
+    return DCNv2(
+        sizes, conf.embedding_dim, kar_dim, conf.cross_layers, hidden=hidden, dropout=dropout
+    )
+
+
 # adapters.config.Backbone names -> backbones (a test checks the two agree).
 BACKBONES: dict[str, BackboneSpec] = {
-    "din": BackboneSpec(
-        "DIN",
-        lambda sizes, conf, kar_dim: DIN(
-            sizes,
-            conf.embedding_dim,
-            kar_dim=kar_dim,
-            hidden=tuple(conf.dnn_hidden),
-            dropout=conf.adaptor.dropout,
-        ),
-    ),
-    "deepfm": BackboneSpec(
-        "DeepFM",
-        lambda sizes, conf, kar_dim: DeepFM(
-            sizes,
-            conf.embedding_dim,
-            kar_dim=kar_dim,
-            hidden=tuple(conf.dnn_hidden),
-            dropout=conf.adaptor.dropout,
-        ),
-    ),
-    "dcnv2": BackboneSpec(
-        "DCNv2",
-        lambda sizes, conf, kar_dim: DCNv2(
-            sizes,
-            conf.embedding_dim,
-            kar_dim,
-            conf.cross_layers,
-            hidden=tuple(conf.dnn_hidden),
-            dropout=conf.adaptor.dropout,
-        ),
-    ),
+    "din": BackboneSpec("DIN", _deep(DIN)),
+    "deepfm": BackboneSpec("DeepFM", _deep(DeepFM)),
+    "dcnv2": BackboneSpec("DCNv2", _dcnv2),
 }
 
 
