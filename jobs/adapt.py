@@ -7,12 +7,12 @@ alone and with the co-trained adaptor on the same split, seed and epochs, logs
 both AUCs, then runs every entity's current text through its adaptor tower.
 
 Scale: training and the gate read a bounded, seeded sample of at most
-adapt.max_train_rows CTR samples (streamed from the published `samples` version;
-all of them when there are fewer) and only the knowledge, embeddings, attributes
-and live vectors of the sample's entities. The export of every entity's vector is a
-Ray Data map over each entity's current knowledge joined with its embedding (Arrow in
-this process below ray.local_rows): workers write `vectors` files, the driver commits
-them all in one overwrite. The sample's size is in the result and the commit metadata.
+adapt.max_train_rows CTR samples and only the knowledge, embeddings, attributes and
+live vectors of the sample's entities (jobs/plumbing/training.py). The export of every
+entity's vector is a Ray Data map over each entity's current knowledge joined with its
+embedding (jobs/plumbing/vector_export.py): workers write `vectors` files, the driver
+commits them all in one overwrite. The sample's size is in the result and the commit
+metadata.
 
 No leakage (README, "Two history windows"): a user's text is trained only
 against CTR samples after the prompt that produced it. Per user that is the
@@ -37,13 +37,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -54,12 +51,9 @@ from adapters.data import EntityMatrix
 from adapters.moe import HybridExpertAdaptor, Tower
 from adapters.train import train_and_evaluate
 from adapters.vectors import export
-from jobs.plumbing import ctr, faults, knowledge, schemas, tables
+from jobs.plumbing import ctr, faults, knowledge, schemas, tables, training, vector_export
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError, MissingTableError
-
-if TYPE_CHECKING:
-    import ray.data
 
 log = logging.getLogger(__name__)
 
@@ -90,154 +84,6 @@ class AdaptResult:
 def adaptor_checkpoint(conf: Config, version_id: str) -> Path:
     """Where the adaptor behind vectors version `version_id` is saved (for new entities)."""
     return conf.run.output_dir / "models" / f"adaptor-{version_id}.pt"
-
-
-@dataclass(frozen=True)
-class TrainSample:
-    """The CTR samples adapt trains and gates on: all of them, or a seeded bounded sample."""
-
-    rows: pa.Table
-    total: int  # samples in the prepared table (its log's statistics)
-    sampled: bool  # True when `rows` is a sample of adapt.max_train_rows of them
-
-
-def published_version(path: Path) -> int | None:
-    """The version of `path`'s table the last completed prepare published (latest where no
-    stage recorded it; None if there is no table)."""
-    pinned = tables.pinned(path.parent / "stages", "prepare", path.name)
-    return tables.version(path) if pinned is None else pinned
-
-
-def _draws(batch: pa.Table, seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) per sample from (seed, user_id, position) alone, so a
-    sample draws the same number on every run whatever the table's file layout."""
-    users = pc.unique(batch.column("user_id"))
-    salt = f"{seed}\x1f".encode()
-    per_user = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(salt + u.encode(), digest_size=8).digest(), "little")
-            for u in users.to_pylist()
-        ),
-        dtype=np.uint64,
-        count=len(users),
-    )
-    index = pc.index_in(batch.column("user_id"), value_set=users).to_numpy()
-    position = batch.column("position").to_numpy().astype(np.uint64)
-    with np.errstate(over="ignore"):
-        h = per_user[index] ^ (position * np.uint64(0x9E3779B97F4A7C15))
-        # splitmix64's finalizer: every input bit moves every output bit.
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def train_sample(conf: Config, path: Path, version: int) -> TrainSample:
-    """The samples at `version`, or a seeded sample of exactly adapt.max_train_rows of them.
-
-    Sampled when the table (counted from its log) holds more: a streamed scan keeps the
-    rows whose draw (_draws) falls below a fraction a little above the target, then the
-    target count of lowest draws, so memory stays near the sample's size and a rerun
-    with the same seed picks the same samples.
-    """
-    total, limit = tables.count(path, version), conf.adapt.max_train_rows
-    if total <= limit:
-        return TrainSample(tables.read(path, schemas.SAMPLES, version), total, False)
-    fraction = min(1.0, (limit + 4 * math.sqrt(limit) + 16) / total)
-    kept = []
-    for batch in tables.scan(path, schemas.SAMPLES, version):
-        draws = _draws(batch, conf.run.seed)
-        keep = pa.array(draws < fraction)
-        kept.append(batch.filter(keep).append_column("_draw", pa.array(draws).filter(keep)))
-    rows = pa.concat_tables(kept).sort_by([("_draw", "ascending")]).slice(0, limit)
-    rows = rows.drop_columns(["_draw"]).sort_by(
-        [("user_id", "ascending"), ("position", "ascending")]
-    )
-    log.info(
-        "adapt: training on a seeded sample of %d of %d CTR samples (adapt.max_train_rows)",
-        rows.num_rows,
-        total,
-    )
-    return TrainSample(rows, total, True)
-
-
-def sample_attributes(conf: Config, samples: TrainSample, version: int | None) -> pa.Table:
-    """The published attributes (at `version`): all of them for an unsampled run (so its
-    token vocabulary is what it always was), else those of the sample's entities."""
-    path = conf.table_path("attributes")
-    if version is None or not samples.sampled:
-        return tables.read(path, schemas.ATTRIBUTES, version)
-    rows = samples.rows
-    users = pc.unique(rows.column("user_id"))
-    items = pc.unique(
-        pa.concat_arrays(
-            [
-                rows.column("item_id").combine_chunks(),
-                pc.list_flatten(rows.column("history_item_ids").combine_chunks()),
-            ]
-        )
-    )
-    where = ((pc.field("kind") == "user") & pc.field("entity_id").isin(users)) | (
-        (pc.field("kind") == "item") & pc.field("entity_id").isin(items)
-    )
-    batches = list(tables.scan(path, schemas.ATTRIBUTES, version, where=where))
-    return pa.concat_tables(batches) if batches else schemas.ATTRIBUTES.empty_table()
-
-
-def _with_embeddings(rows: pa.Table, embeddings: pa.Table) -> pa.Table:
-    """`rows` (knowledge: kind, entity_id, fingerprint, ...) inner-joined with the newest
-    embedding of exactly their answer: + encoder_model, dim, embedding, sorted by key."""
-    keys = knowledge.KEYS
-    # Re-encoding the same answer (e.g. a new encoder) adds a row; the newest one wins.
-    newest = tables.latest_rows(embeddings, keys, ["encoded_at", "encoder_model"]).select(
-        [*keys, "encoder_model", "dim", "embedding"]
-    )
-    # Arrow joins cannot carry list columns: join row numbers, then take the vectors.
-    slim = newest.drop_columns(["embedding"]).append_column(
-        "_row", pa.array(np.arange(newest.num_rows))
-    )
-    joined = slim.join(rows, keys, join_type="inner").sort_by([(k, "ascending") for k in keys])
-    vectors = newest.column("embedding").take(joined.column("_row"))
-    return joined.append_column("embedding", vectors).drop_columns(["_row"])
-
-
-def _llm_model(rows: pa.Table) -> pa.Table:
-    return rows.rename_columns(["llm_model" if c == "model_id" else c for c in rows.column_names])
-
-
-def sample_knowledge(
-    conf: Config, samples: pa.Table, versions: dict[str, int | None]
-) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """(items, users, user knowledge): knowledge of the sample's entities.
-
-    `items`: each target item's current knowledge with its text embedding (what the
-    adaptor trains with); `users`: every usable answer of the sample's users with its
-    embedding (the candidates of knowledge.training_users); `user knowledge`: those
-    answers with or without one (where the live vectors' prompts ended). Columns kind,
-    entity_id, fingerprint, llm_model, history_end (+ ORDER), and encoder_model, dim,
-    embedding. Bounded reads: only the rows of the sample's ids, at `versions`.
-    """
-    know_path, emb_path = conf.table_path("knowledge"), conf.table_path("embeddings")
-    columns = ["model_id", "history_end"]
-    users, items = pc.unique(samples.column("user_id")), pc.unique(samples.column("item_id"))
-
-    def read(kind: str, ids: pa.Array) -> tuple[pa.Table, pa.Table]:
-        rows = knowledge.read_usable_of(know_path, columns, kind, ids, versions["knowledge"])
-        where = (pc.field("kind") == kind) & pc.field("entity_id").isin(ids)
-        embs = list(tables.scan(emb_path, schemas.EMBEDDINGS, versions["embeddings"], where=where))
-        return _llm_model(rows), (
-            pa.concat_tables(embs) if embs else schemas.EMBEDDINGS.empty_table()
-        )
-
-    item_rows, item_embs = read("item", items)
-    user_rows, user_embs = read("user", users)
-    return (
-        _with_embeddings(knowledge.current(item_rows), item_embs),
-        _with_embeddings(user_rows, user_embs),
-        user_rows,
-    )
 
 
 def input_fingerprint(conf: Config, versions: dict[str, int | None], samples_total: int) -> str:
@@ -282,170 +128,13 @@ def _published_metrics(path: Path, fingerprint: str) -> dict | None:
     return out
 
 
-def vector_rows(
-    adaptor: HybridExpertAdaptor,
-    current: pa.Table,
-    version_id: str,
-    input_fp: str,
-    created_at: datetime | None = None,
-) -> pa.Table:
-    """The VECTORS rows of embedded entities (`current`: knowledge rows with their text
-    embedding): each embedding through its own tower, with the knowledge it came from."""
-    created_at = created_at or datetime.now(UTC)
-    parts = []
-    for kind, vectors in export(adaptor, ctr.embedding_matrices(current)).items():
-        meta = current.filter(pc.equal(current.column("kind"), kind))
-        parts.append(
-            ctr.vector_rows(
-                kind,
-                vectors,
-                created_at,
-                version_id=version_id,
-                fingerprint=meta.column("fingerprint"),
-                llm_model=meta.column("llm_model"),
-                encoder_model=meta.column("encoder_model"),
-                adaptor=adaptor.describe(),
-                input_fingerprint=input_fp,
-            )
-        )
-    return pa.concat_tables(parts) if parts else schemas.VECTORS.empty_table()
-
-
-# Entities per `vectors` file the export writes (one map_batches call).
-EXPORT_ROWS = 16_384
-EXPORTED = pa.schema([*tables.PART, pa.field("missing", pa.int64())])
-
-
-class VectorWriter:
-    """The export's map: rows of each entity's current knowledge left-joined with the newest
-    embedding of it become one Parquet part of `vectors` (the trained adaptor's towers).
-
-    Returns that part's tables.PART row plus `missing`: rows without an embedding of
-    their current knowledge, which get no vector. Run as a Ray Data actor (the adaptor is
-    built once per actor) or in-process on the small-table path.
-    """
-
-    def __init__(
-        self,
-        adaptor: HybridExpertAdaptor,
-        path: Path,
-        version_id: str,
-        input_fp: str,
-        created_at: datetime,
-    ) -> None:
-        self.adaptor, self.path = adaptor.eval(), path
-        self.version_id, self.input_fp, self.created_at = version_id, input_fp, created_at
-
-    def __call__(self, rows: pa.Table) -> pa.Table:
-        has = pc.is_valid(rows.column("embedding"))
-        embedded = _llm_model(rows.filter(has))
-        out = vector_rows(self.adaptor, embedded, self.version_id, self.input_fp, self.created_at)
-        part = {"file": "", "size": 0, "rows": 0, "modified_ms": 0, "stats": ""}
-        if out.num_rows:
-            part = tables.write_part(self.path, out, schemas.VECTORS)
-        part["missing"] = rows.num_rows - embedded.num_rows
-        return pa.Table.from_pylist([part], schema=EXPORTED)
-
-
-def _embedding_order(batch: pa.Table) -> pa.Table:
-    """`batch` (EMBEDDINGS) plus `_group` (its knowledge key) and `_order` (encoded_at, then
-    encoder_model, as one sortable string): the newest embedding of a key has the max."""
-    micros = pc.cast(pc.cast(batch.column("encoded_at"), pa.timestamp("us", "UTC")), pa.int64())
-    when = pc.utf8_lpad(pc.cast(micros, pa.string()), 20, "0")
-    sep = "\x1f"
-    group = pc.binary_join_element_wise(*(batch.column(k) for k in knowledge.KEYS), sep)
-    batch = batch.append_column("_group", group)
-    return batch.append_column(
-        "_order", pc.binary_join_element_wise(when, batch.column("encoder_model"), sep)
-    )
-
-
-def export_stream(conf: Config, embeddings_version: int | None) -> ray.data.Dataset:
-    """Every entity's current usable knowledge (kind, entity_id, fingerprint, model_id)
-    left-joined with the newest embedding of exactly that answer (encoder_model, dim,
-    embedding; null where there is none), as a Ray Dataset workers shuffle: the export's
-    input at any scale."""
-    from ray.data.aggregate import Max
-
-    columns = [*knowledge.KEYS, "model_id"]
-    current = knowledge.current_stream(conf.table_path("knowledge"), ["model_id"])
-    current = current.select_columns(columns)
-    embs = tables.dataset(conf.table_path("embeddings"), schemas.EMBEDDINGS, embeddings_version)
-    embs = embs.map_batches(_embedding_order, batch_format="pyarrow")
-    newest = (
-        embs.select_columns(["_group", "_order"])
-        .groupby("_group")
-        .aggregate(Max("_order", alias_name="_order"))
-    )
-    embs = embs.join(newest, "inner", knowledge.partitions(), on=("_group", "_order"))
-    embs = embs.select_columns([*knowledge.KEYS, "encoder_model", "dim", "embedding"])
-    return current.join(embs, "left_outer", knowledge.partitions(), on=tuple(knowledge.KEYS))
-
-
-def export_vectors(
-    conf: Config,
-    adaptor: HybridExpertAdaptor,
-    versions: dict[str, int | None],
-    version_id: str,
-    input_fp: str,
-) -> list[dict]:
-    """Write every entity's vector as parts of the `vectors` table (not committed yet);
-    returns their PART rows.
-
-    Below ray.local_rows (knowledge + embeddings) the join is Arrow in this process
-    (tiny runs need no Ray shuffle); above it a Ray Data stream (export_stream) mapped by
-    VectorWriter actors, so only PART rows reach the driver. Both write the same rows.
-    """
-    path = conf.table_path("vectors")
-    know_path, emb_path = conf.table_path("knowledge"), conf.table_path("embeddings")
-    writer_args = (adaptor, path, version_id, input_fp, datetime.now(UTC))
-    if tables.count(know_path) + tables.count(emb_path, versions["embeddings"]) <= (
-        conf.ray.local_rows
-    ):
-        current = knowledge.current(knowledge.read_usable(know_path, ["model_id"]))
-        embs = tables.read(emb_path, schemas.EMBEDDINGS, versions["embeddings"])
-        joined = _with_embeddings(current, embs)
-        writer = VectorWriter(*writer_args)
-        results = [
-            writer(joined.slice(start, EXPORT_ROWS))
-            for start in range(0, joined.num_rows, EXPORT_ROWS)
-        ]
-        results.append(pa.table({"rows": [0], "missing": [current.num_rows - joined.num_rows]}))
-    else:
-        import ray.data
-
-        from jobs.plumbing.ray_data import ensure_ray, outputs
-
-        ensure_ray(conf.ray)
-        parts = export_stream(conf, versions["embeddings"]).map_batches(
-            VectorWriter,
-            fn_constructor_args=writer_args,
-            batch_size=EXPORT_ROWS,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=knowledge.partitions()),
-            num_cpus=1,
-        )
-        results = list(outputs(parts))
-    written = [p for r in results for p in r.to_pylist() if p["rows"]]
-    missing = sum(pc.sum(r.column("missing")).as_py() or 0 for r in results)
-    exported = sum(p["rows"] for p in written)
-    if missing:
-        log.warning(
-            "%d of %d entities have no embedding of their latest knowledge; "
-            "they get no vector (run kar encode to cover them)",
-            missing,
-            missing + exported,
-        )
-    if not exported:
-        raise InputError("no entity's current knowledge has an embedding; run kar encode")
-    return written
-
-
 def _versions(conf: Config) -> tuple[dict[str, int | None], int]:
     """(versions of the tables adapt reads, samples at the published version); an
     InputError naming the stage to run when one is missing or empty."""
     samples_path = conf.table_path("samples")
-    versions = {n: published_version(conf.table_path(n)) for n in ("samples", "attributes")}
+    versions = {
+        n: training.published_version(conf.table_path(n)) for n in ("samples", "attributes")
+    }
     versions |= {n: tables.version(conf.table_path(n)) for n in ("knowledge", "embeddings")}
     total = 0 if versions["samples"] is None else tables.count(samples_path, versions["samples"])
     if total == 0:
@@ -545,9 +234,9 @@ class _Trained:
 def _train(conf: Config, versions: dict[str, int | None], total: int) -> _Trained:
     """Draw the samples, pair each user with a leak-free text, and train the backbone alone
     and with the co-trained adaptor on the same split, seed and epochs."""
-    sample = train_sample(conf, conf.table_path("samples"), versions["samples"])
-    attributes = sample_attributes(conf, sample, versions["attributes"])
-    items, user_rows, user_knowledge = sample_knowledge(conf, sample.rows, versions)
+    sample = training.train_sample(conf, conf.table_path("samples"), versions["samples"])
+    attributes = training.sample_attributes(conf, sample, versions["attributes"])
+    items, user_rows, user_knowledge = training.sample_knowledge(conf, sample.rows, versions)
     # No leakage: each user's text is trained only against samples after its prompt.
     trained_on = knowledge.training_users(sample.rows, user_rows)
     if trained_on.num_rows == 0:
@@ -659,7 +348,7 @@ def _publish(
     run killed before the commit leaves the live version as it was."""
     checkpoint = adaptor_checkpoint(conf, run_id)
     trained.adaptor.save(checkpoint, input_fingerprint=input_fp, version_id=run_id)
-    parts = export_vectors(conf, trained.adaptor, versions, run_id, input_fp)
+    parts = vector_export.export_vectors(conf, trained.adaptor, versions, run_id, input_fp)
     faults.point("adapt:before-vectors")
     version = tables.commit_parts(
         conf.table_path("vectors"),

@@ -11,9 +11,10 @@ import torch
 from table_rows import embedding_row, knowledge_row, knowledge_table, table_of
 from table_writes import write_live_vectors
 
+from adapters.data import EntityMatrix
 from adapters.moe import HybridExpertAdaptor
 from jobs import adapt
-from jobs.plumbing import ctr, knowledge, schemas, tables
+from jobs.plumbing import ctr, knowledge, schemas, tables, training, vector_export
 from jobs.plumbing.errors import MissingTableError
 
 T0 = datetime(2026, 11, 16, tzinfo=UTC)
@@ -236,7 +237,7 @@ def test_no_training_sample_is_inside_its_users_prompt(make_config, spark, ml100
     prompt behind its user's text, checked on the prompt text itself."""
     from jobs import prepare
 
-    seen: list[tuple[pa.Table, adapt.EntityMatrix]] = []
+    seen: list[tuple[pa.Table, EntityMatrix]] = []
     real = ctr.ctr_inputs
 
     def spy(conf, samples, attributes, seed, users, items):
@@ -285,11 +286,11 @@ def test_adapt_trains_on_a_bounded_seeded_sample_and_records_it(make_config):
     assert total == N_USERS * PER_USER // 2 > 150
 
     version = tables.version(samples_path)
-    sample = adapt.train_sample(conf, samples_path, version)
+    sample = training.train_sample(conf, samples_path, version)
     assert sample.sampled and sample.total == total and sample.rows.num_rows == 150
     # The same seed draws the same samples; another seed others.
-    assert adapt.train_sample(conf, samples_path, version).rows.equals(sample.rows)
-    other = adapt.train_sample(
+    assert training.train_sample(conf, samples_path, version).rows.equals(sample.rows)
+    other = training.train_sample(
         make_config("adapt.max_train_rows=150", "run.seed=7"), samples_path, 0
     )
     assert not other.rows.equals(sample.rows)
@@ -335,7 +336,7 @@ def test_distributed_export_writes_the_same_vectors_as_the_arrow_path(make_confi
     versions, _ = adapt._versions(conf)
     input_fp = arrow_rows.column("input_fingerprint")[0].as_py()
     forced = make_config("adapt.epochs=1", "ray.local_rows=0")
-    parts = adapt.export_vectors(forced, adaptor, versions, "run-1", input_fp)
+    parts = vector_export.export_vectors(forced, adaptor, versions, "run-1", input_fp)
     assert sum(p["rows"] for p in parts) == arrow_rows.num_rows
     ray_rows = pa.concat_tables(pq.read_table(path / p["file"]) for p in parts)
 

@@ -37,7 +37,7 @@ from jobs.plumbing.schemas import KNOWLEDGE, PROMPTS, SAMPLES
 OVERRIDES = [
     "llm.max_new_tokens=12",
     "llm.batch_size=2",
-    "generate.commit_rows=4",
+    "generate.commit_rows=3",
     "generate.num_actors=1",
     "generate.cpus_per_actor=2",
     "generate.torch_threads=2",
@@ -128,7 +128,8 @@ def test_generate_writes_knowledge_with_provenance_then_reruns_as_noop(
     assert result.requests == 6 and result.unusable == 0
     assert sum(result.statuses.values()) == 6
     assert result.generate_seconds > 0 and result.engine_start_seconds > 0
-    # 6 answers, a commit once >= 4 are buffered: 2 commits (versions 0, 1), not 1 per batch.
+    # 6 answers in two full blocks of 3: one commit per block (versions 0, 1) whichever block
+    # ends first (tasks may end out of order), not one per engine call of 2 prompts.
     assert result.knowledge_version == tables.version(conf.table_path("knowledge")) == 1
     assert tables.commit_metadata(conf.table_path("knowledge"), "run_id") == "run-a"
 
@@ -175,7 +176,7 @@ def test_generate_after_partial_run_does_only_missing_prompts(
     runs = dict(zip(_keys(knowledge), knowledge.column("run_id").to_pylist(), strict=True))
     assert {k for k, r in runs.items() if r == "run-crashed"} == set(_keys(done))
     assert {k for k, r in runs.items() if r == "run-resume"} == set(_keys(prompts.slice(3, 3)))
-    # Three new answers, commits every 4: one commit.
+    # Three new answers, one block of 3: one commit.
     assert result.knowledge_version == 1
 
 

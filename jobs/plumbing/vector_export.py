@@ -1,0 +1,191 @@
+"""adapt's export: every entity's vector through the trained adaptor, written as parts of
+the `vectors` table for the stage to commit in one overwrite.
+
+Each entity's current usable knowledge is joined with the newest embedding of exactly
+that answer; below ray.local_rows in Arrow in this process (tiny runs need no Ray
+shuffle), above it as a Ray Data stream mapped by VectorWriter actors, so only part
+rows reach the driver. Both write the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from adapters.moe import HybridExpertAdaptor
+from adapters.vectors import export
+from jobs.plumbing import ctr, knowledge, schemas, tables
+from jobs.plumbing.config import Config
+from jobs.plumbing.errors import InputError
+from jobs.plumbing.training import with_embeddings, with_llm_model
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+
+def vector_rows(
+    adaptor: HybridExpertAdaptor,
+    current: pa.Table,
+    version_id: str,
+    input_fp: str,
+    created_at: datetime | None = None,
+) -> pa.Table:
+    """The VECTORS rows of embedded entities (`current`: knowledge rows with their text
+    embedding): each embedding through its own tower, with the knowledge it came from."""
+    created_at = created_at or datetime.now(UTC)
+    parts = []
+    for kind, vectors in export(adaptor, ctr.embedding_matrices(current)).items():
+        meta = current.filter(pc.equal(current.column("kind"), kind))
+        parts.append(
+            ctr.vector_rows(
+                kind,
+                vectors,
+                created_at,
+                version_id=version_id,
+                fingerprint=meta.column("fingerprint"),
+                llm_model=meta.column("llm_model"),
+                encoder_model=meta.column("encoder_model"),
+                adaptor=adaptor.describe(),
+                input_fingerprint=input_fp,
+            )
+        )
+    return pa.concat_tables(parts) if parts else schemas.VECTORS.empty_table()
+
+
+# Entities per `vectors` file the export writes (one map_batches call).
+EXPORT_ROWS = 16_384
+
+
+EXPORTED = pa.schema([*tables.PART, pa.field("missing", pa.int64())])
+
+
+class VectorWriter:
+    """The export's map: rows of each entity's current knowledge left-joined with the newest
+    embedding of it become one Parquet part of `vectors` (the trained adaptor's towers).
+
+    Returns that part's tables.PART row plus `missing`: rows without an embedding of
+    their current knowledge, which get no vector. Run as a Ray Data actor (the adaptor is
+    built once per actor) or in-process on the small-table path.
+    """
+
+    def __init__(
+        self,
+        adaptor: HybridExpertAdaptor,
+        path: Path,
+        version_id: str,
+        input_fp: str,
+        created_at: datetime,
+    ) -> None:
+        self.adaptor, self.path = adaptor.eval(), path
+        self.version_id, self.input_fp, self.created_at = version_id, input_fp, created_at
+
+    def __call__(self, rows: pa.Table) -> pa.Table:
+        has = pc.is_valid(rows.column("embedding"))
+        embedded = with_llm_model(rows.filter(has))
+        out = vector_rows(self.adaptor, embedded, self.version_id, self.input_fp, self.created_at)
+        part = {"file": "", "size": 0, "rows": 0, "modified_ms": 0, "stats": ""}
+        if out.num_rows:
+            part = tables.write_part(self.path, out, schemas.VECTORS)
+        part["missing"] = rows.num_rows - embedded.num_rows
+        return pa.Table.from_pylist([part], schema=EXPORTED)
+
+
+def _embedding_order(batch: pa.Table) -> pa.Table:
+    """`batch` (EMBEDDINGS) plus `_group` (its knowledge key) and `_order` (encoded_at, then
+    encoder_model, as one sortable string): the newest embedding of a key has the max."""
+    micros = pc.cast(pc.cast(batch.column("encoded_at"), pa.timestamp("us", "UTC")), pa.int64())
+    when = pc.utf8_lpad(pc.cast(micros, pa.string()), 20, "0")
+    sep = "\x1f"
+    group = pc.binary_join_element_wise(*(batch.column(k) for k in knowledge.KEYS), sep)
+    batch = batch.append_column("_group", group)
+    return batch.append_column(
+        "_order", pc.binary_join_element_wise(when, batch.column("encoder_model"), sep)
+    )
+
+
+def export_stream(conf: Config, embeddings_version: int | None) -> ray.data.Dataset:
+    """Every entity's current usable knowledge (kind, entity_id, fingerprint, model_id)
+    left-joined with the newest embedding of exactly that answer (encoder_model, dim,
+    embedding; null where there is none), as a Ray Dataset workers shuffle: the export's
+    input at any scale."""
+    from ray.data.aggregate import Max
+
+    columns = [*knowledge.KEYS, "model_id"]
+    current = knowledge.current_stream(conf.table_path("knowledge"), ["model_id"])
+    current = current.select_columns(columns)
+    embs = tables.dataset(conf.table_path("embeddings"), schemas.EMBEDDINGS, embeddings_version)
+    embs = embs.map_batches(_embedding_order, batch_format="pyarrow")
+    newest = (
+        embs.select_columns(["_group", "_order"])
+        .groupby("_group")
+        .aggregate(Max("_order", alias_name="_order"))
+    )
+    embs = embs.join(newest, "inner", knowledge.partitions(), on=("_group", "_order"))
+    embs = embs.select_columns([*knowledge.KEYS, "encoder_model", "dim", "embedding"])
+    return current.join(embs, "left_outer", knowledge.partitions(), on=tuple(knowledge.KEYS))
+
+
+def export_vectors(
+    conf: Config,
+    adaptor: HybridExpertAdaptor,
+    versions: dict[str, int | None],
+    version_id: str,
+    input_fp: str,
+) -> list[dict]:
+    """Write every entity's vector as parts of the `vectors` table (not committed yet);
+    returns their PART rows.
+
+    Below ray.local_rows (knowledge + embeddings) the join is Arrow in this process
+    (tiny runs need no Ray shuffle); above it a Ray Data stream (export_stream) mapped by
+    VectorWriter actors, so only PART rows reach the driver. Both write the same rows.
+    """
+    path = conf.table_path("vectors")
+    know_path, emb_path = conf.table_path("knowledge"), conf.table_path("embeddings")
+    writer_args = (adaptor, path, version_id, input_fp, datetime.now(UTC))
+    if tables.count(know_path) + tables.count(emb_path, versions["embeddings"]) <= (
+        conf.ray.local_rows
+    ):
+        current = knowledge.current(knowledge.read_usable(know_path, ["model_id"]))
+        embs = tables.read(emb_path, schemas.EMBEDDINGS, versions["embeddings"])
+        joined = with_embeddings(current, embs)
+        writer = VectorWriter(*writer_args)
+        results = [
+            writer(joined.slice(start, EXPORT_ROWS))
+            for start in range(0, joined.num_rows, EXPORT_ROWS)
+        ]
+        results.append(pa.table({"rows": [0], "missing": [current.num_rows - joined.num_rows]}))
+    else:
+        import ray.data
+
+        from jobs.plumbing.ray_data import ensure_ray, outputs
+
+        ensure_ray(conf.ray)
+        parts = export_stream(conf, versions["embeddings"]).map_batches(
+            VectorWriter,
+            fn_constructor_args=writer_args,
+            batch_size=EXPORT_ROWS,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=knowledge.partitions()),
+            num_cpus=1,
+        )
+        results = list(outputs(parts))
+    written = [p for r in results for p in r.to_pylist() if p["rows"]]
+    missing = sum(pc.sum(r.column("missing")).as_py() or 0 for r in results)
+    exported = sum(p["rows"] for p in written)
+    if missing:
+        log.warning(
+            "%d of %d entities have no embedding of their latest knowledge; "
+            "they get no vector (run kar encode to cover them)",
+            missing,
+            missing + exported,
+        )
+    if not exported:
+        raise InputError("no entity's current knowledge has an embedding; run kar encode")
+    return written
