@@ -30,16 +30,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def vector_rows(
+def knowledge_vectors(
     adaptor: HybridExpertAdaptor,
     current: pa.Table,
     version_id: str,
     input_fp: str,
-    created_at: datetime | None = None,
+    created_at: datetime,
 ) -> pa.Table:
     """The VECTORS rows of embedded entities (`current`: knowledge rows with their text
     embedding): each embedding through its own tower, with the knowledge it came from."""
-    created_at = created_at or datetime.now(UTC)
     parts = []
     for kind, vectors in export(adaptor, ctr.embedding_matrices(current)).items():
         meta = current.filter(pc.equal(current.column("kind"), kind))
@@ -89,7 +88,9 @@ class VectorWriter:
     def __call__(self, rows: pa.Table) -> pa.Table:
         has = pc.is_valid(rows.column("embedding"))
         embedded = with_llm_model(rows.filter(has))
-        out = vector_rows(self.adaptor, embedded, self.version_id, self.input_fp, self.created_at)
+        out = knowledge_vectors(
+            self.adaptor, embedded, self.version_id, self.input_fp, self.created_at
+        )
         part = {"file": "", "size": 0, "rows": 0, "modified_ms": 0, "stats": ""}
         if out.num_rows:
             part = tables.write_part(self.path, out, schemas.VECTORS)
