@@ -74,7 +74,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("files the tests left in the checkout", red=True)
         for path in left:
             terminalreporter.line(path)
-        terminalreporter.line("Tests write under tmp_path or suite_cache.CACHE, not the checkout.")
+        terminalreporter.line("Tests write under tmp_path or suite_paths.CACHE, not the checkout.")
 
 
 # Fixtures that start an engine: a test using one is in the `engines` lane, not `make check`'s.
