@@ -24,13 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
-from encoders import ENGINES, Encoder, build_encoder
+from encoders import ENGINES
 from encoders.inputs import encoder_input
 from jobs.plumbing import faults, knowledge, tables
 from jobs.plumbing.config import Config, EncoderConf
 from jobs.plumbing.errors import MissingTableError
-from jobs.plumbing.models import BUNDLED_PREFIX, resolve_model
-from jobs.plumbing.plugins import load_class
+from jobs.plumbing.models import BUNDLED_PREFIX, load_encoder, resolve_model
 from jobs.plumbing.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.plumbing.schemas import EMBEDDINGS
 
@@ -84,18 +83,6 @@ class EncoderWorker:
         part["truncated"] = self.encoder.count_truncated(texts)
         part["busy_seconds"] = time.perf_counter() - started
         return pa.Table.from_pylist([part])
-
-
-def load_encoder(
-    model: str, conf: EncoderConf, cache_dir: Path, threads: int | None = None
-) -> Encoder:
-    """The configured encoder, built in the process that encodes: a built-in engine gets
-    `model`'s directory, resolved here (a `bundled:` one is where this host installed its
-    package); a plug-in gets `model` as it is, its class imported here (the driver need
-    not have its dependencies)."""
-    if conf.engine in ENGINES:
-        return build_encoder(str(resolve_model(model, "encoder", cache_dir)), conf, threads)
-    return build_encoder(model, conf, threads, load_class(conf.engine, "encoder.engine"))
 
 
 def pending_inputs(conf: Config) -> pa.Table | ray.data.Dataset:

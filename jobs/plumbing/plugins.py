@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterable
 
 # "package.module:Class" (dotted module path, one class name; nested attributes allowed).
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -52,3 +53,8 @@ def load_class(path: str, key: str) -> type:
     if not isinstance(obj, type):
         raise PluginError(f"{key} {path!r}: {attr!r} is a {type(obj).__name__}, not a class")
     return obj
+
+
+def plugin_class(engine: str, builtins: Iterable[str], key: str) -> type | None:
+    """None for a built-in engine name, else the plug-in class `engine` names (load_class)."""
+    return None if engine in builtins else load_class(engine, key)

@@ -9,10 +9,9 @@ import pytest
 
 from factors import sets
 from factors.prompts import item_context, item_prompt, user_context, user_prompt
-from jobs.encode import load_encoder
 from jobs.llm.checks import AnswerChecks
 from jobs.plumbing.config import ConfigError, GenerateConf, load_config
-from jobs.plumbing.models import ModelError, engine_model_dir, load_engine
+from jobs.plumbing.models import ModelError, engine_model_dir, load_encoder, load_engine
 from jobs.plumbing.plugins import PluginError
 
 STANDINS = [
