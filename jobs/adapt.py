@@ -376,12 +376,9 @@ def _vector_prompts(conf: Config, version: int, know: pa.Table, users: pa.Array)
     A vector whose knowledge row is gone or predates the window columns gets an end
     past every sample, so the gate never scores it on a sample its prompt may hold.
     """
-    where = (pc.field("kind") == "user") & pc.field("entity_id").isin(users)
+    where = knowledge.of_entities("user", users)
     columns = ["entity_id", "fingerprint"]
-    path = conf.table_path("vectors")
-    batches = list(tables.scan(path, schemas.VECTORS, version, columns, where))
-    empty = pa.schema([schemas.VECTORS.field(c) for c in columns]).empty_table()
-    stored = pa.concat_tables(batches) if batches else empty
+    stored = tables.read_where(conf.table_path("vectors"), schemas.VECTORS, where, version, columns)
     know = know.select(["entity_id", "fingerprint", "history_end"])
     ends = stored.join(know, ["entity_id", "fingerprint"], join_type="left outer")
     unknown = pa.scalar(np.iinfo(np.int32).max, pa.int32())

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from adapters import data as ctr_data
 from adapters.data import EntityMatrix
 from adapters.moe import TOWERS, Tower
-from jobs.plumbing import schemas, tables
+from jobs.plumbing import knowledge, schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError, MissingTableError
 
@@ -90,11 +90,8 @@ def read_vectors(
         rows = tables.read(path, schemas.VECTORS, version)
     else:
         users, items = only
-        where = ((pc.field("kind") == "user") & pc.field("entity_id").isin(users)) | (
-            (pc.field("kind") == "item") & pc.field("entity_id").isin(items)
-        )
-        batches = list(tables.scan(path, schemas.VECTORS, version, where=where))
-        rows = pa.concat_tables(batches) if batches else schemas.VECTORS.empty_table()
+        where = knowledge.of_entities("user", users) | knowledge.of_entities("item", items)
+        rows = tables.read_where(path, schemas.VECTORS, where, version)
     if version_id is not None:
         rows = rows.filter(pc.equal(rows.column("version_id"), version_id))
     if rows.num_rows == 0:

@@ -59,14 +59,13 @@ def read_usable_of(
     by batch with the filter pushed down, keeping only the matching rows.
     """
     wanted = list(dict.fromkeys([*ENTITY, *ORDER, *columns]))
-    schema = pa.schema([schemas.KNOWLEDGE.field(c) for c in wanted])
-    where = (
-        (pc.field("usable") == pa.scalar(True))
-        & (pc.field("kind") == kind)
-        & pc.field("entity_id").isin(ids.cast(pa.string()))
-    )
-    batches = list(tables.scan(path, schemas.KNOWLEDGE, version, wanted, where))
-    return pa.concat_tables(batches) if batches else schema.empty_table()
+    where = (pc.field("usable") == pa.scalar(True)) & of_entities(kind, ids.cast(pa.string()))
+    return tables.read_where(path, schemas.KNOWLEDGE, where, version, wanted)
+
+
+def of_entities(kind: str, ids: pa.Array) -> pc.Expression:
+    """The filter of the rows of entities `ids` of `kind` (any table keyed by ENTITY)."""
+    return (pc.field("kind") == kind) & pc.field("entity_id").isin(ids)
 
 
 def read_keys(path: Path) -> pa.Table:

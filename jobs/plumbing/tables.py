@@ -174,6 +174,21 @@ def scan(
             yield rows
 
 
+def read_where(
+    path: Path,
+    schema: pa.Schema,
+    where: pc.Expression,
+    version: int | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """`scan`'s rows as one table (typed and empty when none match): for reads the filter
+    bounds, such as the rows of a sample's entities."""
+    batches = list(scan(path, schema, version, columns, where))
+    if batches:
+        return pa.concat_tables(batches)
+    return pa.schema([schema.field(c) for c in (columns or schema.names)]).empty_table()
+
+
 def count(path: Path, version: int | None = None) -> int:
     """Rows of the table from its log's file statistics (no data read); 0 if none."""
     table = open_table(path, version)

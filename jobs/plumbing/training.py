@@ -111,11 +111,8 @@ def sample_attributes(conf: Config, samples: TrainSample, version: int | None) -
             ]
         )
     )
-    where = ((pc.field("kind") == "user") & pc.field("entity_id").isin(users)) | (
-        (pc.field("kind") == "item") & pc.field("entity_id").isin(items)
-    )
-    batches = list(tables.scan(path, schemas.ATTRIBUTES, version, where=where))
-    return pa.concat_tables(batches) if batches else schemas.ATTRIBUTES.empty_table()
+    where = knowledge.of_entities("user", users) | knowledge.of_entities("item", items)
+    return tables.read_where(path, schemas.ATTRIBUTES, where, version)
 
 
 def with_embeddings(rows: pa.Table, embeddings: pa.Table) -> pa.Table:
@@ -158,11 +155,9 @@ def sample_knowledge(
 
     def read(kind: str, ids: pa.Array) -> tuple[pa.Table, pa.Table]:
         rows = knowledge.read_usable_of(know_path, columns, kind, ids, versions["knowledge"])
-        where = (pc.field("kind") == kind) & pc.field("entity_id").isin(ids)
-        embs = list(tables.scan(emb_path, schemas.EMBEDDINGS, versions["embeddings"], where=where))
-        return with_llm_model(rows), (
-            pa.concat_tables(embs) if embs else schemas.EMBEDDINGS.empty_table()
-        )
+        where = knowledge.of_entities(kind, ids)
+        embs = tables.read_where(emb_path, schemas.EMBEDDINGS, where, versions["embeddings"])
+        return with_llm_model(rows), embs
 
     item_rows, item_embs = read("item", items)
     user_rows, user_embs = read("user", users)
