@@ -51,7 +51,7 @@ from adapters.data import EntityMatrix
 from adapters.moe import HybridExpertAdaptor, Tower
 from adapters.train import train_and_evaluate
 from adapters.vectors import export
-from jobs.plumbing import ctr, faults, knowledge, schemas, tables, training, vector_export
+from jobs.plumbing import ctr, faults, knowledge, schemas, tables, training, vector_export, vectors
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError, MissingTableError
 
@@ -88,11 +88,17 @@ def adaptor_checkpoint(conf: Config, version_id: str) -> Path:
 
 def input_fingerprint(conf: Config, versions: dict[str, int | None], samples_total: int) -> str:
     """Hash of everything that changes the trained adaptor and its vectors: equal hash ->
-    nothing to redo. Bounded: the versions of the tables read (samples, attributes,
-    knowledge, embeddings), how many samples there were (the sample's size follows from
-    it and adapt.max_train_rows), the adapt config and the seed; no entity keys."""
+    nothing to redo. Bounded: the content versions of the tables read (samples, attributes,
+    knowledge, embeddings: the last change of each, `tables.content_version`, so `kar
+    maintain`'s compactions and `kar forget`'s erasures change nothing), how many samples
+    there were (the sample's size follows from it and adapt.max_train_rows), the adapt
+    config and the seed; no entity keys."""
+    contents = {
+        name: None if at is None else tables.content_version(conf.table_path(name), at)
+        for name, at in versions.items()
+    }
     payload = {
-        "versions": versions,
+        "versions": contents,
         "samples_total": samples_total,
         "adapt": conf.adapt.model_dump(mode="json"),
         "seed": conf.run.seed,
@@ -100,24 +106,15 @@ def input_fingerprint(conf: Config, versions: dict[str, int | None], samples_tot
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-# Commits that rewrite files without changing rows (the weekly compact and vacuum chores).
-_SAME_ROWS = {"OPTIMIZE", "VACUUM START", "VACUUM END"}
-
-
-def _published_metrics(path: Path, fingerprint: str) -> dict | None:
+def _published_metrics(live: vectors.Snapshot | None, fingerprint: str) -> dict | None:
     """The live version's metrics (and sample size) if it was built from `fingerprint`,
-    else None; from the commit metadata of the adapt commit behind it (past compactions
-    and vacuums), so no vector is read."""
-    table = tables.open_table(path)
-    commit = next(
-        (c for c in (table.history() if table else []) if c.get("operation") not in _SAME_ROWS),
-        None,
-    )
+    else None; from the commit metadata of the publish behind it, so no vector is read."""
+    commit = None if live is None else live.metadata
     if commit is None or commit.get("input_fingerprint") != fingerprint:
         return None
     values = {k: commit.get(k) for k in METRICS}
     if any(v is None for v in values.values()):
-        log.warning("vectors at %s lack metrics in their last commit; retraining", path)
+        log.warning("vectors at %s lack metrics in their last publish; retraining", live.path)
         return None
     out: dict = {k: float(v) for k, v in values.items()}
     if commit.get("train_rows") is not None:
@@ -178,7 +175,7 @@ def run(conf: Config, run_id: str) -> AdaptResult:
         _remember_rejection(conf, input_fp, result)
         return AdaptResult(
             **result,
-            vectors_version=tables.version(conf.table_path("vectors")),
+            vectors_version=_live_version(conf),
             vectors_written=0,
             skipped=True,
             seconds=time.monotonic() - started,
@@ -196,10 +193,10 @@ def run(conf: Config, run_id: str) -> AdaptResult:
 def _unchanged(conf: Config, input_fp: str, total: int) -> dict | None:
     """AdaptResult fields of the last decision on these very inputs (the live version built
     from them, or the gate's rejection of them), so a rerun repeats it; None: train."""
-    vectors_path = conf.table_path("vectors")
-    previous = _published_metrics(vectors_path, input_fp)
+    live = vectors.latest(conf.table_path("vectors"))
+    previous = _published_metrics(live, input_fp)
     if previous is not None:
-        version = tables.version(vectors_path)
+        version = live.version
         log.info(
             "adapt inputs unchanged (input fingerprint %s); kept vectors version %s",
             input_fp[:12],
@@ -214,8 +211,14 @@ def _unchanged(conf: Config, input_fp: str, total: int) -> dict | None:
     rejected = _rejection(conf, input_fp)
     if rejected is not None:
         log.info("%s", rejected["gate"])
-        return {**rejected, "vectors_version": tables.version(vectors_path)}
+        return {**rejected, "vectors_version": None if live is None else live.version}
     return None
+
+
+def _live_version(conf: Config) -> int | None:
+    """The live (last published) vectors version; None before the first publish."""
+    live = vectors.latest(conf.table_path("vectors"))
+    return None if live is None else live.version
 
 
 @dataclass(frozen=True)
@@ -296,22 +299,23 @@ def _gate(conf: Config, trained: _Trained, input_fp: str) -> tuple[bool, dict]:
     both frozen (adapters.gate), on the sample's samples after both prompts: the live
     vector's and the training text's. Only the sample's entities' vectors are read."""
     vectors_path = conf.table_path("vectors")
-    live_version = tables.version(vectors_path)
-    if live_version is None:
+    live = vectors.latest(vectors_path)
+    if live is None:
         return True, {"gate": "published: no live vectors version to compare with"}
+    live_version = live.version
     if not conf.adapt.gate.enabled:
         return True, {"gate": "published: adapt.gate.enabled is false"}
     samples, seed = trained.samples, conf.run.seed
     sample_users = pc.unique(samples.column("user_id"))
-    live_users = _vector_prompts(conf, live_version, trained.user_knowledge, sample_users)
+    live_users = _vector_prompts(conf, live.rows_version, trained.user_knowledge, sample_users)
     part = knowledge.after_prompts(
         samples, live_users.column("entity_id"), live_users.column("history_end")
     )
     new = export(trained.adaptor, trained.texts)
     only = (sample_users, pc.unique(samples.column("item_id")))
     try:
-        live = ctr.read_vectors(vectors_path, live_version, only=only)
-        live_data = ctr.ctr_inputs(conf, part, trained.attributes, seed, *live)
+        live_vectors = ctr.read_vectors(vectors_path, live.rows_version, only=only)
+        live_data = ctr.ctr_inputs(conf, part, trained.attributes, seed, *live_vectors)
         new_data = ctr.ctr_inputs(conf, part, trained.attributes, seed, new["user"], new["item"])
     except tables.SchemaError:
         raise  # broken live vectors are a failure, not a reason to publish ungated

@@ -101,14 +101,10 @@ def _delete_online(conf: Config, kind: str, entity_id: str) -> bool:
 def run(conf: Config, kind: str, entity_id: str) -> ForgetResult:
     result = ForgetResult(kind, entity_id)
     for path, column in _targets(conf, kind):
-        table = tables.open_table(path)
-        if table is None:
-            continue
         predicate = f"{column} = {_literal(entity_id)}"
         if path.name in _HAS_KIND:
             predicate = f"kind = {_literal(kind)} AND {predicate}"
-        metrics = table.delete(predicate)
-        n = int(metrics.get("num_deleted_rows", 0))
+        n = tables.erase(path, predicate)
         if n:
             result.deleted[str(path)] = n
             result.vacuum.append(f"VACUUM delta.`{path.resolve()}` RETAIN {RETENTION_HOURS} HOURS")

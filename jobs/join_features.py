@@ -87,7 +87,7 @@ def read_samples(spark: SparkSession, conf: Config, path: Path | None) -> DataFr
 
 def _vectors_of(spark: SparkSession, snapshot: Snapshot, kind: str) -> tuple[DataFrame, int]:
     """(entity_id, vector) of one kind in that version, and the vector size."""
-    vec = read_delta(spark, snapshot.path, schemas.VECTORS, snapshot.version).where(
+    vec = read_delta(spark, snapshot.path, schemas.VECTORS, snapshot.rows_version).where(
         F.col("kind") == kind
     )
     dims = [r["dim"] for r in vec.select("dim").distinct().collect()]

@@ -431,11 +431,18 @@ def entity_attributes(raw: readers.RawData) -> DataFrame:
 
 
 def _overwrite_if_changed(
-    path: Path, rows: DataFrame, schema: pa.Schema, digest: str, run_id: str
+    spark: SparkSession, path: Path, rows: DataFrame, schema: pa.Schema, digest: str, run_id: str
 ) -> int | None:
     """The table's version: a new one, written by Spark tasks (`write_parts`), only when
-    `digest` differs from the last commit's."""
-    if tables.commit_metadata(path, "digest") == digest:
+    its content differs from `rows` (`digest`). Decided from the digest its last change
+    recorded, past maintenance; after an erasure (`kar forget`) the table's rows are hashed
+    again (a Spark read, only then), so forgetting an entity the input no longer holds
+    rewrites nothing."""
+    last = tables.last_change(path)
+    same = last is not None and last.get("digest") == digest
+    if not same and last is not None and tables.erased_since(path, last["version"]):
+        same = content_digest(read_delta(spark, path, schema)) == digest
+    if same:
         version = tables.version(path)
         log.info(
             "%s unchanged (%s rows); kept version %s", path.name, digest.split(":")[0], version
@@ -448,6 +455,21 @@ def _overwrite_if_changed(
         mode="overwrite",
         metadata={"digest": digest, "run_id": run_id},
     )
+
+
+def _queue_done(spark: SparkSession, conf: Config, know: DataFrame) -> bool:
+    """Whether the prompts the last prepare published are all answered, so an empty pending
+    set need not be written: generate would find nothing in either. A Spark anti-join of
+    that (weekly, pending-only) table against the knowledge keys."""
+    path = conf.table_path("prompts")
+    version = tables.pinned(conf.table_path("stages"), "prepare", "prompts")
+    if version is None:
+        return False
+    if tables.count(path, version) == 0:
+        return True
+    queued = read_delta(spark, path, schemas.PROMPTS, version).select(*knowledge.KEYS)
+    answered = know.select(*knowledge.KEYS)
+    return queued.join(answered, knowledge.KEYS, "left_anti").limit(1).count() == 0
 
 
 def content_digest(samples: DataFrame) -> str:
@@ -526,19 +548,27 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         refresh.get("item", {}),
         n_boot,
     )
-    # Always record this run's pending set (possibly empty): generate reads exactly it.
-    prompts_version = tables.commit_parts(
-        prompts_path,
-        pending_parts,
-        schemas.PROMPTS,
-        mode="overwrite",
-        metadata={"run_id": run_id, "as_of": as_of.isoformat()},
-    )
+    # This run's pending set is what generate reads; an empty one replaces the last only
+    # if that still holds an unanswered prompt, so a week with nothing new writes nothing.
+    if n_pending == 0 and _queue_done(spark, conf, know):
+        prompts_version = tables.pinned(conf.table_path("stages"), "prepare", "prompts")
+        log.info("no prompt due or unanswered; kept prompts version %s", prompts_version)
+    else:
+        prompts_version = tables.commit_parts(
+            prompts_path,
+            pending_parts,
+            schemas.PROMPTS,
+            mode="overwrite",
+            metadata={"run_id": run_id, "as_of": as_of.isoformat()},
+        )
 
     faults.point("prepare:after-prompts")
-    samples_version = _overwrite_if_changed(samples_path, samples, schemas.SAMPLES, digest, run_id)
+    samples_version = _overwrite_if_changed(
+        spark, samples_path, samples, schemas.SAMPLES, digest, run_id
+    )
     attributes = entity_attributes(raw)
     attributes_version = _overwrite_if_changed(
+        spark,
         conf.table_path("attributes"),
         attributes,
         schemas.ATTRIBUTES,
@@ -551,6 +581,7 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         run_id,
         "prepare",
         {"prompts": prompts_version, "samples": samples_version, "attributes": attributes_version},
+        as_of,
     )
     for frame in (hist, samples, boot):
         frame.unpersist()

@@ -108,7 +108,11 @@ def _by_entity(rows: pa.Table) -> dict[tuple[str, str], tuple[str, np.ndarray]]:
 def sample(conf: Config, snapshot: vectors.Snapshot) -> pa.Table:
     """The vectors of that version for the report's seeded sample of entities."""
     return knowledge.entity_sample(
-        snapshot.path, schemas.VECTORS, conf.report.max_entities, conf.run.seed, snapshot.version
+        snapshot.path,
+        schemas.VECTORS,
+        conf.report.max_entities,
+        conf.run.seed,
+        snapshot.rows_version,
     )
 
 
@@ -154,8 +158,8 @@ class Ages:
 
 def knowledge_ages(conf: Config) -> Ages:
     """Ages at the cutoff the last prepare recorded (now, for tables of older releases)."""
-    recorded = tables.commit_metadata(conf.table_path("prompts"), "as_of")
-    as_of = datetime.fromisoformat(recorded) if recorded else datetime.now(UTC)
+    record = tables.last_record(conf.table_path("stages"), "prepare") or {}
+    as_of = record.get("as_of") or datetime.now(UTC)
     path, limit = conf.table_path("knowledge"), conf.report.max_entities
     ages = knowledge.live_ages(path, as_of, limit, conf.run.seed)
     return Ages(as_of, ages, limit if tables.count(path) > limit else None)

@@ -185,6 +185,7 @@ def stage_row(stage: str = "prepare", **columns: Any) -> dict[str, Any]:
         "stage": stage,
         "versions": {"prompts": 0, "samples": 0, "attributes": 0},
         "finished_at": WHEN,
+        "as_of": WHEN,
     } | columns
 
 

@@ -179,6 +179,9 @@ STAGES = pa.schema(
         pa.field("stage", pa.string(), nullable=False),
         pa.field("versions", pa.map_(pa.string(), pa.int64()), nullable=False),
         pa.field("finished_at", UTC_US, nullable=False),
+        # The run's data cutoff (run.as_of): a week whose prepare rewrote no table still
+        # records it here. Null in rows of older releases.
+        pa.field("as_of", UTC_US),
     ]
 )
 

@@ -288,25 +288,105 @@ def evolve(path: Path, schema: pa.Schema) -> None:
     log.info("table %s: added column(s) %s", path.name, [f.name for f in missing])
 
 
-def commit_metadata(path: Path, key: str) -> str | None:
-    """`key` from the custom metadata of the table's latest commit, if any."""
+# Commits that keep every row a stage decides on: the maintenance chores (compaction and
+# vacuum rewrite or delete files, not rows) and erasures, which `kar forget` carries into
+# every table itself. Stages look past them: "unchanged" is decided from the last *change*.
+MAINTENANCE_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
+# Commit metadata that marks a commit made by one of the job's own chores, e.g. an erasure.
+CHORE_KEY = "kar_chore"
+ERASURE = {CHORE_KEY: "forget"}
+
+
+def is_change(commit: Mapping[str, Any]) -> bool:
+    """Whether a commit (a `DeltaTable.history()` entry) changes what the stages read:
+    not a compaction or vacuum, not an erasure (`ERASURE` in its metadata)."""
+    return commit.get("operation") not in MAINTENANCE_OPERATIONS and CHORE_KEY not in commit
+
+
+def _newest_first(path: Path) -> Iterator[dict[str, Any]]:
+    """The table's commits, newest first; nothing if no table. The log is read a few
+    commits at a time, so a caller that stops early reads only the commits it saw, not the
+    table's whole history."""
     table = open_table(path)
     if table is None:
-        return None
-    latest = table.history(1)
-    return latest[0].get(key) if latest else None
+        return
+    seen, limit = 0, 16
+    while True:
+        commits = table.history(limit)
+        yield from commits[seen:]
+        if len(commits) < limit:
+            return
+        seen, limit = len(commits), limit * 4
 
 
-def record_stage(path: Path, run_id: str, stage: str, versions: Mapping[str, int]) -> None:
-    """Append that `run_id` completed `stage`, publishing these table versions together."""
-    row = {"run_id": run_id, "stage": stage, "versions": list(versions.items())}
+def changes(path: Path) -> Iterator[dict[str, Any]]:
+    """The table's change commits (`is_change`), newest first; nothing if no table."""
+    return (c for c in _newest_first(path) if is_change(c))
+
+
+def erased_since(path: Path, at: int) -> bool:
+    """Whether an erasure (`ERASURE`) was committed to the table after version `at`."""
+    for commit in _newest_first(path):
+        if commit["version"] <= at:
+            return False
+        if commit.get(CHORE_KEY) == ERASURE[CHORE_KEY]:
+            return True
+    return False
+
+
+def last_change(path: Path, at: int | None = None) -> dict[str, Any] | None:
+    """The newest change commit at or before version `at` (default: the latest), or None."""
+    return next((c for c in changes(path) if at is None or c["version"] <= at), None)
+
+
+def content_version(path: Path, at: int | None = None) -> int | None:
+    """The version of the last change at or before `at`: the table's content identity. Two
+    versions with one content version hold the same rows (up to erasures), so a stage keys
+    its "inputs unchanged" decision on it, never on the latest version number."""
+    commit = last_change(path, at)
+    return None if commit is None else int(commit["version"])
+
+
+def current_of(path: Path, at: int) -> int:
+    """The newest version that holds version `at`'s rows: `at` plus the maintenance and
+    erasures committed after it, before the next change. Readers of a pinned version read
+    this one: its files survive a vacuum of the older ones, and it holds no erased row."""
+    following = None
+    for commit in changes(path):
+        if commit["version"] <= at:
+            break
+        following = int(commit["version"])
+    if following is not None:
+        return following - 1
+    latest = version(path)
+    return at if latest is None else latest
+
+
+def commit_metadata(path: Path, key: str) -> str | None:
+    """`key` from the custom metadata of the table's last change (`last_change`), if any."""
+    commit = last_change(path)
+    return None if commit is None else commit.get(key)
+
+
+def record_stage(
+    path: Path,
+    run_id: str,
+    stage: str,
+    versions: Mapping[str, int],
+    as_of: datetime | None = None,
+) -> None:
+    """Append that `run_id` completed `stage` (for data cut at `as_of`), publishing these
+    table versions together."""
+    row = {"run_id": run_id, "stage": stage, "versions": list(versions.items()), "as_of": as_of}
     row["finished_at"] = datetime.now(UTC)
+    evolve(path, STAGES)  # a `stages` table of an older release gains the new columns
     write_deltalake(str(path), pa.Table.from_pylist([row], schema=STAGES), mode="append")
 
 
-def pinned(path: Path, stage: str, table: str) -> int | None:
-    """The version of `table` the last completed `stage` published (None: no record, e.g. a
-    table of an older release; read the latest then)."""
+def last_record(path: Path, stage: str) -> dict[str, Any] | None:
+    """The `stages` row (at `path`) of the last completed `stage`, as a dict with
+    `versions` a dict; None: no record, e.g. tables of an older release. A bounded read:
+    one row per completed stage, filtered by stage."""
     stages = open_table(path)
     if stages is None:
         return None
@@ -314,14 +394,23 @@ def pinned(path: Path, stage: str, table: str) -> int | None:
     if rows.num_rows == 0:
         return None
     latest = rows.sort_by([("finished_at", "ascending")]).slice(rows.num_rows - 1)
-    return dict(latest.column("versions")[0].as_py()).get(table)
+    row = latest.to_pylist()[0]
+    return {**row, "versions": dict(row["versions"])}
+
+
+def pinned(path: Path, stage: str, table: str) -> int | None:
+    """The version of `table` to read as the last completed `stage` published it: the one it
+    recorded, carried past the maintenance and erasures since (`current_of`). The latest
+    version where no stage recorded one (a table of an older release); None: no table."""
+    table_path = path.parent / table
+    at = (last_record(path, stage) or {"versions": {}})["versions"].get(table)
+    return version(table_path) if at is None else current_of(table_path, at)
 
 
 def read_published(path: Path, schema: pa.Schema, stage: str) -> tuple[pa.Table, int | None]:
     """(rows, version) of `path`'s table as the last completed `stage` published it, from
-    the `stages` table beside it; the latest version where no stage recorded it."""
-    pinned_version = pinned(path.parent / "stages", stage, path.name)
-    at = version(path) if pinned_version is None else pinned_version
+    the `stages` table beside it (`pinned`)."""
+    at = pinned(path.parent / "stages", stage, path.name)
     return read(path, schema, at), at
 
 
@@ -451,6 +540,16 @@ class PartCommitter:
         self.pending = []
         if self.after is not None:
             self.after(self.version)
+
+
+def erase(path: Path, predicate: str) -> int:
+    """Delete the rows matching `predicate` (SQL) in one commit marked `ERASURE`, so stages
+    look past it (`is_change`); returns the rows deleted (0 if no table)."""
+    table = open_table(path)
+    if table is None:
+        return 0
+    metrics = table.delete(predicate, commit_properties=_commit(ERASURE))
+    return int(metrics.get("num_deleted_rows", 0))
 
 
 def compact(path: Path) -> dict[str, Any]:

@@ -34,10 +34,9 @@ class TrainSample:
 
 
 def published_version(path: Path) -> int | None:
-    """The version of `path`'s table the last completed prepare published (latest where no
-    stage recorded it; None if there is no table)."""
-    pinned = tables.pinned(path.parent / "stages", "prepare", path.name)
-    return tables.version(path) if pinned is None else pinned
+    """The version of `path`'s table to read as the last completed prepare published it
+    (`tables.pinned`; None if there is no table)."""
+    return tables.pinned(path.parent / "stages", "prepare", path.name)
 
 
 def _draws(batch: pa.Table, seed: int) -> np.ndarray:

@@ -1,10 +1,14 @@
 """Time travel over the vectors table: which version a ranking model saw, and what was in it.
 
-Each adapt run that publishes overwrites `vectors` in one Delta commit, so a
-Delta version is exactly one published set of reasoning/fact vectors and its
-commit time is when ranking models could first read it. `--as-of T` picks the
-latest version committed at or before T (a bare date means 00:00 UTC that day,
-as in Delta's `TIMESTAMP AS OF`).
+Each adapt run that publishes overwrites `vectors` in one Delta commit, so that
+commit's version names one published set of reasoning/fact vectors and its commit
+time is when ranking models could first read it. The table has other commits too:
+`kar maintain`'s compactions and vacuums and `kar forget`'s erasures. They are not
+publishes (`tables.is_change`): a vectors version is always a publish's, and its rows
+are read at the newest Delta version before the next publish, so an erased entity
+stays erased and a vacuum of compacted files breaks no read. `--as-of T` picks the
+latest publish committed at or before T (a bare date means 00:00 UTC that day, as in
+Delta's `TIMESTAMP AS OF`).
 
     kar vectors --conf conf/local.yaml                      # the live version
     kar vectors --as-of 2026-11-15 --entity user:196        # what was served then
@@ -32,10 +36,13 @@ class VersionError(InputError):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One published vectors version: its Delta version, commit time and commit metadata."""
+    """One published vectors version: the publish's Delta version (what feature tables and
+    reports call the vectors version), the Delta version its rows are read at, its commit
+    time and commit metadata."""
 
     path: Path
     version: int
+    rows_version: int
     committed_at: datetime
     metadata: dict[str, str]
 
@@ -67,63 +74,78 @@ def add_selector_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _commits(path: Path) -> list[dict[str, Any]]:
-    table = tables.open_table(path)
-    if table is None:
+def _publishes(path: Path) -> list[dict[str, Any]]:
+    """The publishes of the vectors table, oldest first (the change commits: every other
+    commit is maintenance or an erasure)."""
+    publishes = list(tables.changes(path))
+    if not publishes:
         raise VersionError(
             f"no vectors table at {path}; run the weekly job (kar run) or kar adapt first"
         )
-    return sorted(table.history(), key=lambda c: c["version"])
+    return publishes[::-1]
 
 
-def _snapshot(path: Path, commit: dict[str, Any]) -> Snapshot:
+def _snapshot(path: Path, publishes: list[dict[str, Any]], index: int) -> Snapshot:
+    commit = publishes[index]
     skip = {"timestamp", "operation", "operationParameters", "operationMetrics", "version"}
     meta = {
         k: str(v)
         for k, v in commit.items()
-        if k not in skip and not k.startswith(("engine", "client"))
+        if k not in skip and not k.startswith(("engine", "client", "read"))
     }
+    later = publishes[index + 1 :]
     return Snapshot(
         path=path,
         version=int(commit["version"]),
+        rows_version=later[0]["version"] - 1 if later else tables.version(path),
         committed_at=datetime.fromtimestamp(commit["timestamp"] / 1000, UTC),
         metadata=meta,
     )
 
 
+def latest(path: Path) -> Snapshot | None:
+    """The live (last published) vectors version, or None before the first publish."""
+    try:
+        return resolve(path)
+    except VersionError:
+        return None
+
+
 def resolve(path: Path, version: int | None = None, as_of: datetime | None = None) -> Snapshot:
     """The vectors version asked for: `version`, the one live at `as_of`, or the latest."""
-    commits = _commits(path)
+    publishes = _publishes(path)
     if version is not None:
-        match = [c for c in commits if c["version"] == version]
+        match = [i for i, c in enumerate(publishes) if c["version"] == version]
         if not match:
+            listed = ", ".join(str(c["version"]) for c in publishes[-10:])
             raise VersionError(
-                f"vectors table {path} has no version {version}; it has versions "
-                f"{commits[0]['version']}..{commits[-1]['version']} (kar vectors lists the latest)"
+                f"vectors table {path} has no published version {version}; its latest "
+                f"published versions are {listed} (kar vectors shows the live one)"
             )
-        return _snapshot(path, match[0])
+        return _snapshot(path, publishes, match[0])
     if as_of is not None:
         cutoff = as_of.timestamp() * 1000
-        before = [c for c in commits if c["timestamp"] <= cutoff]
+        before = [i for i, c in enumerate(publishes) if c["timestamp"] <= cutoff]
         if not before:
-            first = _snapshot(path, commits[0])
+            first = _snapshot(path, publishes, 0)
             raise VersionError(
                 f"no vectors were published at or before {as_of.isoformat()}: the first version "
                 f"of {path} was committed at {first.committed_at.isoformat()}"
             )
-        return _snapshot(path, before[-1])
-    return _snapshot(path, commits[-1])
+        return _snapshot(path, publishes, before[-1])
+    return _snapshot(path, publishes, len(publishes) - 1)
 
 
 def previous(snapshot: Snapshot) -> Snapshot | None:
     """The version published before `snapshot` (last week's vectors), or None for the first."""
-    earlier = [c for c in _commits(snapshot.path) if c["version"] < snapshot.version]
-    return _snapshot(snapshot.path, earlier[-1]) if earlier else None
+    publishes = _publishes(snapshot.path)
+    earlier = [i for i, c in enumerate(publishes) if c["version"] < snapshot.version]
+    return _snapshot(snapshot.path, publishes, earlier[-1]) if earlier else None
 
 
 def read(snapshot: Snapshot) -> pa.Table:
     """The rows of that version, in the declared schema (whole: for small tables, tests)."""
-    return tables.read(snapshot.path, schemas.VECTORS, snapshot.version)
+    return tables.read(snapshot.path, schemas.VECTORS, snapshot.rows_version)
 
 
 def batches(
@@ -135,7 +157,7 @@ def batches(
     """`columns` of that version's rows (matching `where`) in batches of at most
     `batch_rows`: a streamed read whose memory does not grow with the table."""
     yield from tables.scan(
-        snapshot.path, schemas.VECTORS, snapshot.version, columns, where, batch_rows
+        snapshot.path, schemas.VECTORS, snapshot.rows_version, columns, where, batch_rows
     )
 
 

@@ -98,3 +98,11 @@ def forget_and_check(conf, capsys, kind: str, entity_id: str) -> None:
     for other in others:
         if other != (kind, entity_id):
             assert len(holds(conf, *other)) == 9, other
+
+    # The erasure is no new vectors version: the next publish adds no row and brings
+    # nothing back, online or offline.
+    feature_rows = {n: tables.count(conf.table_path(n)) for n in ("features_user", "features_item")}
+    again = publish.run(conf, online=True)
+    assert again.vectors_version == 0
+    assert {n: tables.count(conf.table_path(n)) for n in feature_rows} == feature_rows
+    assert holds(conf, kind, entity_id) == []

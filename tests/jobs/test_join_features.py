@@ -48,7 +48,7 @@ def test_resolve_by_version_as_of_and_latest(conf):
     assert vectors.resolve(path, as_of=second.committed_at + timedelta(days=3)).version == 1
     with pytest.raises(VersionError, match="first version"):
         vectors.resolve(path, as_of=first.committed_at - timedelta(seconds=1))
-    with pytest.raises(VersionError, match=r"no version 7; it has versions 0\.\.1"):
+    with pytest.raises(VersionError, match=r"no published version 7; .* versions are 0, 1 "):
         vectors.resolve(path, version=7)
     with pytest.raises(VersionError, match="no vectors table"):
         vectors.resolve(path.with_name("nothing"))

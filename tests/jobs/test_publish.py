@@ -11,7 +11,7 @@ import redis
 from deltalake import DeltaTable
 from table_rows import vectors_table
 
-from jobs import publish
+from jobs import maintain, publish
 from jobs.plumbing import feature_store, schemas, tables, vectors
 from jobs.plumbing.config import Config
 
@@ -119,3 +119,29 @@ def test_publish_in_small_batches_fills_the_online_store_completely(make_config)
     assert again.feature_table_versions == result.feature_table_versions
     assert DeltaTable(str(conf.table_path("features_item"))).to_pyarrow_table().num_rows == N_ITEMS
     assert_online_equals_delta(conf)
+
+
+def test_maintain_of_a_vectors_table_of_several_files_is_no_new_version(make_config):
+    """Compaction and vacuum are commits of `vectors` but no publish: the live version, its
+    rows (read past the vacuumed files) and the feature tables stay as they were."""
+    conf = make_config("run.retain_hours=0")
+    publish_vectors(conf, seed=5)
+    path = conf.table_path("vectors")
+    rows = tables.read(path, schemas.VECTORS)
+    parts = [
+        tables.write_part(path, rows.slice(start, 20), schemas.VECTORS)
+        for start in range(0, rows.num_rows, 20)
+    ]
+    published = tables.commit_parts(path, parts, schemas.VECTORS, mode="overwrite")
+    first = publish.run(conf)
+    assert first.vectors_version == published
+    before = {n: tables.count(conf.table_path(n)) for n in ("features_user", "features_item")}
+    expected = delta_vectors(conf)
+
+    result = maintain.run(conf)
+
+    assert result.compacted["vectors"] == len(parts) and result.vacuumed["vectors"] >= len(parts)
+    assert tables.version(path) > published  # maintenance committed to the table
+    assert publish.run(conf).vectors_version == published
+    assert {n: tables.count(conf.table_path(n)) for n in before} == before
+    assert delta_vectors(conf).keys() == expected.keys()
