@@ -439,9 +439,12 @@ def _overwrite_if_changed(
     again (a Spark read, only then), so forgetting an entity the input no longer holds
     rewrites nothing."""
     last = tables.last_change(path)
-    same = last is not None and last.get("digest") == digest
-    if not same and last is not None and tables.erased_since(path, last["version"]):
+    if last is None:
+        same = False
+    elif tables.erased_since(path, last["version"]):
         same = content_digest(read_delta(spark, path, schema)) == digest
+    else:
+        same = last.get("digest") == digest
     if same:
         version = tables.version(path)
         log.info(

@@ -13,8 +13,8 @@ from table_writes import write_live_vectors
 
 from adapters.data import EntityMatrix
 from adapters.moe import HybridExpertAdaptor
-from jobs import adapt
-from jobs.plumbing import ctr, knowledge, schemas, tables, training, vector_export
+from jobs import adapt, forget, maintain
+from jobs.plumbing import ctr, knowledge, schemas, tables, training, vector_export, vectors
 from jobs.plumbing.errors import MissingTableError
 
 T0 = datetime(2026, 11, 16, tzinfo=UTC)
@@ -142,9 +142,18 @@ def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config):
         first.logloss_with,
     )
 
+    # Compaction, vacuum and an erasure between two runs are no new input: nothing retrains.
+    maintain.run(make_config("adapt.epochs=3", "run.retain_hours=0"))
+    forget.run(conf, "user", "u3")
+    assert tables.version(path) > 0
+    third = adapt.run(conf, "run-2b")
+    assert third.skipped and third.vectors_written == 0 and third.vectors_version == 0
+
     # A changed config retrains; the gate is opened wide so the new version publishes.
     retrained = adapt.run(make_config("adapt.epochs=2", "adapt.gate.tolerance=1.0"), "run-3")
-    assert not retrained.skipped and retrained.vectors_version == 1
+    assert not retrained.skipped and retrained.vectors_version == tables.version(path)
+    assert vectors.resolve(path).version == retrained.vectors_version
+    assert vectors.previous(vectors.resolve(path)).version == 0
     assert retrained.gate.startswith("published: held-out AUC")
     assert set(tables.read(path, schemas.VECTORS).column("version_id").to_pylist()) == {"run-3"}
 

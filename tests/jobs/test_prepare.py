@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
-from table_rows import knowledge_row, knowledge_table
+from pyspark.sql.pandas.types import from_arrow_schema
+from table_rows import knowledge_row, knowledge_table, sample_row, table_of
 
 from factors import sets
-from jobs import prepare
+from jobs import maintain, prepare
 from jobs.plumbing import schemas, tables
 from jobs.plumbing.spark import read_delta, write_parts
 from jobs.readers import RawData
@@ -194,6 +195,36 @@ def test_run_writes_only_changed_prompts_and_unchanged_samples_once(spark, ml100
     samples = tables.read(conf.table_path("samples"), schemas.SAMPLES)
     assert samples.num_rows == first.samples
     assert set(samples.column("split").to_pylist()) == {"train", "test"}
+
+
+def test_samples_are_rewritten_only_when_their_content_changes(spark, make_config):
+    """Unchanged content past maintenance and erasures writes nothing; a change writes."""
+    conf = make_config("run.retain_hours=0")
+    path = conf.table_path("samples")
+    rows = table_of("samples", (sample_row(f"u{i}", "i1") for i in range(3)))
+    frame = spark.createDataFrame(rows.to_pandas(), from_arrow_schema(schemas.SAMPLES))
+
+    def write(df) -> int | None:
+        return prepare._overwrite_if_changed(
+            spark, path, df, schemas.SAMPLES, prepare.content_digest(df), "r"
+        )
+
+    first = write(frame)
+    assert write(frame) == first  # same rows: no commit
+    maintain.run(conf)
+    compacted = tables.version(path)
+    assert write(frame) == compacted  # a compaction and vacuum are no new content
+    assert tables.erase(path, "user_id = 'u2'") == 1
+    erased = tables.version(path)
+    # The input no longer holds u2 either: the table already holds exactly these rows.
+    assert write(frame.where(F.col("user_id") != "u2")) == erased
+    # u2 back in the input: a new version with it.
+    assert write(frame) == erased + 1
+    assert sorted(tables.read(path, schemas.SAMPLES).column("user_id").to_pylist()) == [
+        "u0",
+        "u1",
+        "u2",
+    ]
 
 
 def _files(conf, name: str) -> dict[str, int]:
