@@ -228,7 +228,8 @@ def _select(rows: pa.Table, sel: Selection) -> pa.Table:
 def pending_prompts(
     conf: Config, selection: Selection = Selection()
 ) -> tuple[int, pa.Table | ray.data.Dataset]:
-    """(selected rows of the prompts table, those not yet answered).
+    """(selected rows of the prompts table, those not yet answered); (0, none) when the
+    last prepare found no prompt due.
 
     Pending = no `knowledge` row has the prompt's (kind, entity_id, fingerprint). Prompts
     are read at the version the last completed prepare published. When both tables are
@@ -240,6 +241,10 @@ def pending_prompts(
         raise MissingTableError(
             f"no prompts table at {prompts_path}; run `kar prepare` with the same config first"
         )
+    record = tables.last_record(conf.table_path("stages"), "prepare")
+    if record is not None and record.get("prompts_due") == 0:
+        # The queue prepare kept is all answered: nothing to read, no Ray to start.
+        return 0, PROMPTS.empty_table()
     version = tables.pinned(conf.table_path("stages"), "prepare", "prompts")
     knowledge_path = conf.table_path("knowledge")
     total = tables.count(prompts_path, version)

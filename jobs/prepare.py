@@ -585,6 +585,7 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         "prepare",
         {"prompts": prompts_version, "samples": samples_version, "attributes": attributes_version},
         as_of,
+        n_pending,
     )
     for frame in (hist, samples, boot):
         frame.unpersist()

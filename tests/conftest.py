@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +171,63 @@ def redis_server(tmp_path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+BIN = Path(sys.executable).parent
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
+    """A blocking `ray start --head` in its own process group; the whole group ends after.
+    Yields the dashboard address and the environment (token auth) a client needs."""
+    gcs, dashboard, agent, agent_grpc, env_agent, metrics = _free_ports(6)
+    # Short path: Ray's Unix sockets live under the temp dir (108-byte limit).
+    temp_dir = tempfile.mkdtemp(prefix="kr-", dir="/tmp")
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        # Ray's token auth (on by default), with a token of this test's own; head and CLI
+        # read it from the environment, so nothing is written to ~/.ray.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    env.pop("RAY_ADDRESS", None)
+    # fmt: off
+    args = [
+        str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+        "--num-cpus", "2", "--port", str(gcs), "--temp-dir", temp_dir,
+        "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+        "--dashboard-port", str(dashboard), "--dashboard-agent-listen-port", str(agent),
+        "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port",
+        str(env_agent), "--metrics-export-port", str(metrics),
+    ]
+    # fmt: on
+    proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run(
+            [str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True
+        ).returncode:
+            assert proc.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "Ray's job server did not come up in 120 s"
+            time.sleep(2)
+        yield address, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -186,6 +186,7 @@ def stage_row(stage: str = "prepare", **columns: Any) -> dict[str, Any]:
         "versions": {"prompts": 0, "samples": 0, "attributes": 0},
         "finished_at": WHEN,
         "as_of": WHEN,
+        "prompts_due": 0,
     } | columns
 
 

@@ -5,14 +5,25 @@
         -> maintain (ray job: kar maintain)
 
 Each stage skips work whose inputs did not change, so a retried or re-run task
-is safe. The deployment is described by environment variables of the Airflow
-scheduler/dag-processor (read when the DAG is parsed):
+is safe, and a week with nothing new writes nothing but maintenance commits. The
+deployment is described by environment variables of the Airflow scheduler,
+dag-processor and workers (read when the DAG is parsed):
 
     KAR_HOME          checkout (or unpacked release) with jobs/, conf/ and dist/kar-job.zip
-    KAR_CONF          job config, relative to KAR_HOME (default conf/cluster.yaml)
+    KAR_CONF          job config: relative to KAR_HOME, or absolute (default conf/cluster.yaml);
+                      its paths or URIs must be reachable from every Ray node, not relative
+                      to KAR_HOME (`ray job submit --working-dir` uploads the checkout
+                      without its git-ignored files: no data, models or outputs)
     KAR_RAY_ADDRESS   Ray dashboard address for `ray job submit` (default http://127.0.0.1:8265)
     KAR_RAY           `ray` executable on the Airflow worker (default: ray on PATH)
     KAR_SPARK_CONN    Airflow connection for spark-submit (default spark_default)
+    KAR_RETRIES       retries of a failed task, 10 minutes apart (default 1)
+
+Ray's token authentication (which `ray start --head` turns on in Ray 2.60) reaches
+`ray job submit` from the Airflow worker's environment, as Ray documents: RAY_AUTH_MODE=token
+and RAY_AUTH_TOKEN (or the token file ~/.ray/auth_token), set by the deployment (a secret
+mounted into the worker's environment). The token never enters a command line, so it is in
+no rendered template and no task log.
 
 Copy (or symlink) this file into Airflow's dags folder.
 """
@@ -32,6 +43,7 @@ KAR_CONF = os.environ.get("KAR_CONF", "conf/cluster.yaml")
 RAY_ADDRESS = os.environ.get("KAR_RAY_ADDRESS", "http://127.0.0.1:8265")
 RAY = os.environ.get("KAR_RAY", "ray")
 SPARK_CONN = os.environ.get("KAR_SPARK_CONN", "spark_default")
+RETRIES = int(os.environ.get("KAR_RETRIES", "1"))
 # Mondays 03:00 UTC; the cron example in conf/cron/kar-weekly uses the same line.
 SCHEDULE = "0 3 * * 1"
 # Every task passes the DAG run's id (rendered by Airflow): one run id for the whole run,
@@ -51,12 +63,14 @@ def ray_job(*commands: str) -> str:
     """`ray job submit` of `commands` (run in order) with KAR_HOME as the working dir.
 
     The submitter waits for the job and exits non-zero when it fails (Ray >= 2.7),
-    which fails the Airflow task.
+    which fails the Airflow task. `ray job submit` rebuilds its entrypoint from the
+    words after `--` with `shlex.join` and runs it in /bin/sh, so a chain passed as one
+    word would reach the shell as a single command name: it goes as `bash -c CHAIN`,
+    three words that survive the round trip. generate and encode share one job: the
+    GPU-side stages of a run, on one working-dir upload and one cluster connection.
     """
-    # One quoted entrypoint: Ray runs it in a shell on the cluster, so `&&` chains there.
-    entrypoint = " && ".join(commands)
     submit = [RAY, "job", "submit", "--address", RAY_ADDRESS, "--working-dir", KAR_HOME]
-    return shlex.join([*submit, "--", entrypoint])
+    return shlex.join([*submit, "--", "bash", "-c", " && ".join(commands)])
 
 
 with DAG(
@@ -66,7 +80,7 @@ with DAG(
     start_date=datetime(2026, 1, 5),
     catchup=False,
     max_active_runs=1,  # two runs would race on the same Delta tables
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=10)},
+    default_args={"retries": RETRIES, "retry_delay": timedelta(minutes=10)},
     tags=["kar"],
 ) as dag:
     prepare = SparkSubmitOperator(
@@ -74,7 +88,7 @@ with DAG(
         conn_id=SPARK_CONN,
         application=f"{KAR_HOME}/jobs/prepare.py",
         py_files=f"{KAR_HOME}/dist/kar-job.zip",
-        application_args=["--conf", f"{KAR_HOME}/{KAR_CONF}", *RUN_ID],
+        application_args=["--conf", os.path.join(KAR_HOME, KAR_CONF), *RUN_ID],
         name="kar-prepare",
     )
     generate_encode = BashOperator(

@@ -182,6 +182,10 @@ STAGES = pa.schema(
         # The run's data cutoff (run.as_of): a week whose prepare rewrote no table still
         # records it here. Null in rows of older releases.
         pa.field("as_of", UTC_US),
+        # prepare: the prompts it found due. 0 lets generate ask nothing without reading the
+        # queue, which prepare leaves unwritten when the last one is all answered. Null for
+        # other stages and in rows of older releases.
+        pa.field("prompts_due", pa.int64()),
     ]
 )
 

@@ -374,10 +374,12 @@ def record_stage(
     stage: str,
     versions: Mapping[str, int],
     as_of: datetime | None = None,
+    prompts_due: int | None = None,
 ) -> None:
     """Append that `run_id` completed `stage` (for data cut at `as_of`), publishing these
     table versions together."""
     row = {"run_id": run_id, "stage": stage, "versions": list(versions.items()), "as_of": as_of}
+    row["prompts_due"] = prompts_due
     row["finished_at"] = datetime.now(UTC)
     evolve(path, STAGES)  # a `stages` table of an older release gains the new columns
     write_deltalake(str(path), pa.Table.from_pylist([row], schema=STAGES), mode="append")
