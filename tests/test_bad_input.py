@@ -170,6 +170,29 @@ def test_millisecond_timestamps_are_detected_or_configured(spark, tmp_path):
     assert "(s) is not a time" in message(spark, generic(tmp_path, events, timestamp_unit="s"))
 
 
+def test_a_mix_of_second_and_millisecond_timestamps_names_a_row_of_each(spark, tmp_path):
+    """Under `auto` the largest value decided "ms" for the whole column, so the rows in
+    seconds silently became 1970 dates."""
+    events = [*GOOD_EVENTS, "u2,i2,3,1000000300123"]
+    text = message(spark, generic(tmp_path, events))
+    assert "events.csv, line 2" in text and "1000000000" in text  # the first row in seconds
+    assert "line 5" in text and "1000000300123" in text  # and the first in milliseconds
+    assert "data.timestamp_unit" in text
+
+
+def test_backslash_escaped_quotes_read_with_the_escape_setting(spark, tmp_path):
+    """`\\"` inside a quoted field (Spark's own default escape; Hive and MySQL exports)."""
+    items = ['i1,"\\"Crocodile\\" Dundee, (1986)",Comedy', "i2,Heat (1995),Crime"]
+    text = message(spark, generic(tmp_path / "a", items=items))
+    assert "items.csv, line 2" in text and "data.items.escape: '\\\\'" in text
+    assert "delimiter" not in text.split("expected")[-1]  # no ';' hint for this line
+
+    conf = generic(tmp_path / "b", items=items)
+    conf = conf.model_copy(update={"items": conf.items.model_copy(update={"escape": "\\"})})
+    titles = {r["item_id"]: r["title"] for r in read(spark, conf).items.collect()}
+    assert titles == {"i1": '"Crocodile" Dundee, (1986)', "i2": "Heat (1995)"}
+
+
 def test_empty_folders_and_folders_of_part_files(spark, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

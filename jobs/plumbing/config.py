@@ -70,6 +70,9 @@ class FileConf(_Section):
     path: Path
     format: Literal["csv", "parquet"] = "csv"
     delimiter: str = ","
+    # How a quote is escaped inside a quoted field (csv): '"' doubles it (RFC 4180, what CSV
+    # writers do); '\\' puts a backslash before it (Spark's default; Hive and MySQL exports).
+    escape: Literal['"', "\\"] = '"'
     header: bool = True
     # The file's text encoding (csv); a byte that is not valid in it fails with its line named.
     encoding: str = "utf-8"

@@ -90,6 +90,7 @@ class Raw:
     encoding: str = "utf-8"  # text inputs: how the bytes were decoded
     # CSV with quoted newlines: rows are records (1-based, header excluded), not lines.
     records: bool = False
+    escape: str = '"'  # CSV: how a quote inside a quoted field is escaped (FileConf.escape)
 
     def cell(self, column: str) -> Column:
         return F.col(f"_c{self.columns.index(column)}")
@@ -198,7 +199,7 @@ def csv_file(spark: SparkSession, fc: FileConf, what: str, hint: str) -> Raw:
     delimiter, doubled quotes (`"a ""b"" c"`) and newlines. Read line by line, so errors
     name exact lines; a file with a quoted newline is read record by record instead."""
     path = exists(fc.path, what, f"Fix data.{what}.path.")
-    quoting = {"sep": fc.delimiter, "quote": '"', "escape": '"'}
+    quoting = {"sep": fc.delimiter, "quote": '"', "escape": fc.escape}
     names = (
         spark.read.options(header=fc.header, inferSchema=False, encoding=fc.encoding, **quoting)
         .csv(path)
@@ -211,8 +212,12 @@ def csv_file(spark: SparkSession, fc: FileConf, what: str, hint: str) -> Raw:
     parsed = _data_lines(lines, header).select(
         *POSITION, "_line", F.from_csv("_line", schema, options).alias("_r")
     )
-    # An odd number of quote characters leaves a quoted field open at the end of the line.
-    quotes = F.length("_line") - F.length(F.regexp_replace("_line", '"', ""))
+    # An odd number of quote characters leaves a quoted field open at the end of the line
+    # (escaped ones aside: a backslash and the character it escapes are dropped first).
+    line = F.col("_line")
+    if fc.escape == "\\":
+        line = F.regexp_replace(line, r"\\.", "")
+    quotes = F.length(line) - F.length(F.regexp_replace(line, '"', ""))
     rows = parsed.select(
         *POSITION,
         "_line",
@@ -225,7 +230,9 @@ def csv_file(spark: SparkSession, fc: FileConf, what: str, hint: str) -> Raw:
     if rows.where(F.col("_found") == _OPEN_QUOTE).limit(1).count():
         # A quoted field holds a newline: parse records, not lines (positions become records).
         return _csv_records(spark, fc, path, what, hint, names)
-    return Raw(path, what, names, types, rows, lines, fc.delimiter, hint, fc.encoding)
+    return Raw(
+        path, what, names, types, rows, lines, fc.delimiter, hint, fc.encoding, escape=fc.escape
+    )
 
 
 def _csv_records(
@@ -244,7 +251,7 @@ def _csv_records(
             encoding=fc.encoding,
             sep=fc.delimiter,
             quote='"',
-            escape='"',
+            escape=fc.escape,
             mode="PERMISSIVE",
             columnNameOfCorruptRecord="_bad",
         )
@@ -266,7 +273,9 @@ def _csv_records(
         *[F.col(f"_c{i}") for i in range(len(names))],
     )
     types = dict.fromkeys(names, T.StringType())
-    return Raw(path, what, names, types, rows, None, fc.delimiter, hint, fc.encoding, True)
+    return Raw(
+        path, what, names, types, rows, None, fc.delimiter, hint, fc.encoding, True, fc.escape
+    )
 
 
 def parquet_file(spark: SparkSession, fc: FileConf, what: str, hint: str) -> Raw:
@@ -341,6 +350,16 @@ _PROBLEMS = {
     "scale": "{value!r} is outside the rating scale {low:g} to {high:g} (data.rating_scale: fix "
     "the row, or set the scale your data uses)",
 }
+
+
+def _escape_hint(raw: Raw, line: str) -> str | None:
+    """A line that escapes quotes with a backslash where the file is read with doubled ones."""
+    if raw.separator is None or raw.escape == "\\" or '\\"' not in line:
+        return None
+    return (
+        'The line escapes quotes with a backslash (\\"), as Spark, Hive and MySQL exports do: '
+        f"set data.{raw.what}.escape: {chr(92)!r}."
+    )
 
 
 def _delimiter_hint(raw: Raw, line: str | None = None) -> str | None:
@@ -421,7 +440,11 @@ def check(raw: Raw, fields: Mapping[str, Field]) -> DataFrame:
             )
         if problem == "shape":
             found = "a different number of fields" if first["_found"] < 0 else first["_found"]
-            hint = _delimiter_hint(raw, value) or "Fix the row or remove it."
+            hint = (
+                _escape_hint(raw, value)
+                or _delimiter_hint(raw, value)
+                or "Fix the row or remove it."
+            )
             raise DataError(
                 f"{where}: expected {len(raw.columns)} fields ({', '.join(raw.columns)}) "
                 f"separated by {raw.separator!r}, found {found}: {value!r}. {hint}{tally}"
@@ -531,7 +554,23 @@ def _times(inter: Table, conf: DataConf) -> Table:
     negative and far-future times are a DataError naming the first such row."""
     df, unit = inter.df, conf.timestamp_unit
     if unit == "auto":
-        largest = df.agg(F.max("timestamp")).first()[0]
+        ms = F.col("timestamp") > _MS_THRESHOLD
+        at = F.struct(*POSITION, "timestamp")
+        found = df.agg(
+            F.max("timestamp").alias("largest"),
+            F.min(F.when(ms, at)).alias("ms"),
+            F.min(F.when(~ms & (F.col("timestamp") > 0), at)).alias("s"),
+        ).first()
+        largest = found["largest"]
+        if found["ms"] is not None and found["s"] is not None:
+            s_row, ms_row = found["s"], found["ms"]
+            raise DataError(
+                "column timestamp mixes seconds and milliseconds, which data.timestamp_unit: "
+                f"auto cannot tell apart: {_where(inter.raw, *s_row[:3])} holds "
+                f"{s_row['timestamp']} (seconds), {_where(inter.raw, *ms_row[:3])} holds "
+                f"{ms_row['timestamp']} (milliseconds). Convert the file to one unit and set "
+                "data.timestamp_unit to it."
+            )
         unit = "ms" if largest is not None and largest > _MS_THRESHOLD else "s"
         if unit == "ms":
             log.warning(
