@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -410,9 +409,3 @@ def _remember_rejection(conf: Config, input_fp: str, result: dict) -> None:
 def _rejection(conf: Config, input_fp: str) -> dict | None:
     path = _rejection_path(conf, input_fp)
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["adapt", *sys.argv[1:]])

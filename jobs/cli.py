@@ -13,6 +13,12 @@
 
 Input errors (config, data, factor files, schemas) exit with status 2 and a
 one-paragraph message naming the bad input, without a traceback.
+
+This file is also the one entry file for launchers that take a script, with the same
+arguments (stage files are libraries of the CLI, never run themselves):
+
+    spark-submit --py-files dist/kar-job.zip jobs/cli.py run --conf conf/cluster.yaml
+    ray job submit --working-dir . -- python jobs/cli.py generate --conf ... ray.address=auto
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ committed twice.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -222,9 +221,3 @@ def run(conf: Config, run_id: str) -> EncodeResult:
 def _committed(version: int) -> None:
     log.info("embeddings: committed vectors (version %d)", version)
     faults.point("encode:after-commit")
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["encode", *sys.argv[1:]])

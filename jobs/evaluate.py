@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -499,9 +498,3 @@ def plot_lifts(rows: list[Row], path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["evaluate", *sys.argv[1:]])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,9 +134,3 @@ def report(result: ForgetResult) -> str:
         ]
     lines.append("Remove the entity from the input too, or the next run brings it back.")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["forget", *sys.argv[1:]])

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -477,9 +476,3 @@ def selection_of(args: argparse.Namespace) -> Selection:
         ids=read_ids_file(args.ids_file) if args.ids_file else None,
         since=datetime.combine(args.since, dtime(), UTC) if args.since else None,
     )
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["generate", *sys.argv[1:]])

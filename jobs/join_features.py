@@ -8,7 +8,7 @@ a zero vector and has_kar = false, so a trainer needs no null handling.
 `kar_vectors_version` records which vectors version was joined.
 
     kar join --conf conf/local.yaml --out train.parquet [--version N | --as-of 2026-11-15]
-    spark-submit --py-files dist/kar-job.zip jobs/join_features.py --conf ... --out ...
+    spark-submit --py-files dist/kar-job.zip jobs/cli.py join --conf ... --out ...
 
 Spark writes the result into a staging folder beside `--out`; only a complete
 result replaces the old one (Parquet: a folder swap; Delta: one overwrite commit).
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -209,9 +208,3 @@ def _files(out: Path, fmt: OutputFormat) -> list[str]:
         table = tables.open_table(out)
         return table.file_uris() if table is not None else []
     return [str(out)]
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["join", *sys.argv[1:]])

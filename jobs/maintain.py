@@ -10,7 +10,6 @@ included. The weekly run calls it last; it is safe to run at any time between ru
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 
 from jobs.plumbing import schemas, tables
@@ -46,9 +45,3 @@ def run(conf: Config) -> MaintainResult:
         conf.run.retain_hours,
     )
     return result
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["maintain", *sys.argv[1:]])

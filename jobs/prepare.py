@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -602,9 +601,3 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         samples_version=samples_version,
         seconds=time.monotonic() - started,
     )
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["prepare", *sys.argv[1:]])

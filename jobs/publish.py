@@ -23,7 +23,6 @@ the feature tables' rows).
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,9 +153,3 @@ def run(conf: Config, online: bool = False) -> PublishResult:
         online_store=conf.feature_store.online_store if online else None,
         seconds=time.monotonic() - started,
     )
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["publish", *sys.argv[1:]])

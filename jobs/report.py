@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -405,9 +404,3 @@ def write(conf: Config, run_id: str | None = None, ages: Ages | None = None) -> 
         shutil.rmtree(staging, ignore_errors=True)
     log.info("run report: %s", target / "report.md")
     return target / "report.md"
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["report", *sys.argv[1:]])

@@ -91,9 +91,3 @@ def print_summary(summary: dict[str, Any]) -> None:
     """The run's last line of output: machine-readable for schedulers and scripts."""
     sys.stdout.write(json.dumps(summary) + "\n")
     sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    from jobs import cli
-
-    cli.main(["run", *sys.argv[1:]])

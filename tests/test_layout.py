@@ -30,18 +30,11 @@ MODULES = _modules()
 STAGES = {m for m in MODULES if m.count(".") == 1 and (ROOT / "jobs" / f"{m[5:]}.py").is_file()}
 
 
-def _is_main_block(node: ast.stmt) -> bool:
-    """`if __name__ == "__main__":` (a stage run as a script calls the CLI from there)."""
-    test = getattr(node, "test", None)
-    return isinstance(test, ast.Compare) and getattr(test.left, "id", None) == "__name__"
-
-
 def imports(module: str) -> set[str]:
-    """Project modules `module` imports (at any depth, lazily or not), script blocks aside."""
+    """Project modules `module` imports (at any depth, lazily or not, script blocks too)."""
     tree = ast.parse(MODULES[module].read_text())
-    body = [n for n in tree.body if not _is_main_block(n)]
     found: set[str] = set()
-    for node in (n for top in body for n in ast.walk(top)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -67,6 +60,12 @@ def test_llm_engines_import_nothing_else_from_the_job():
 def test_nothing_but_entry_points_imports_a_stage():
     for module in set(MODULES) - ENTRY_POINTS:
         assert not (imports(module) & STAGES) - {module}, module
+
+
+def test_nothing_imports_the_cli_back():
+    """The CLI is the one entry file (spark-submit, ray job submit): a stage that ran itself
+    as a script through it would close a circle."""
+    assert not [m for m in MODULES if "jobs.cli" in imports(m)]
 
 
 def test_jobs_import_graph_has_no_circle():

@@ -52,11 +52,11 @@ SCHEDULE = "0 3 * * 1"
 RUN_ID = ["--run-id", "{{ run_id }}"]
 
 
-def stage(script: str, *args: str) -> str:
-    """One stage script with the job config and the run's id; `ray.address=auto` joins the
-    job's Ray cluster."""
-    command = ["python", f"jobs/{script}", "--conf", KAR_CONF, *RUN_ID, *args, "ray.address=auto"]
-    return shlex.join(command)
+def stage(name: str, *args: str) -> str:
+    """One stage through the job's entry file with the job config and the run's id;
+    `ray.address=auto` joins the job's Ray cluster."""
+    command = ["python", "jobs/cli.py", name, "--conf", KAR_CONF, *RUN_ID, *args]
+    return shlex.join([*command, "ray.address=auto"])
 
 
 def ray_job(*commands: str) -> str:
@@ -86,21 +86,21 @@ with DAG(
     prepare = SparkSubmitOperator(
         task_id="prepare",
         conn_id=SPARK_CONN,
-        application=f"{KAR_HOME}/jobs/prepare.py",
+        application=f"{KAR_HOME}/jobs/cli.py",
         py_files=f"{KAR_HOME}/dist/kar-job.zip",
-        application_args=["--conf", os.path.join(KAR_HOME, KAR_CONF), *RUN_ID],
+        application_args=["prepare", "--conf", os.path.join(KAR_HOME, KAR_CONF), *RUN_ID],
         name="kar-prepare",
     )
     generate_encode = BashOperator(
         task_id="generate_encode",
-        bash_command=ray_job(stage("generate.py"), stage("encode.py")),
+        bash_command=ray_job(stage("generate"), stage("encode")),
         execution_timeout=timedelta(hours=24),
     )
-    adapt = BashOperator(task_id="adapt", bash_command=ray_job(stage("adapt.py")))
-    publish = BashOperator(task_id="publish", bash_command=ray_job(stage("publish.py", "--online")))
+    adapt = BashOperator(task_id="adapt", bash_command=ray_job(stage("adapt")))
+    publish = BashOperator(task_id="publish", bash_command=ray_job(stage("publish", "--online")))
     # The run report, from the tables, beside them (<run.output_dir>/reports/<run_id>/).
-    report = BashOperator(task_id="report", bash_command=ray_job(stage("report.py")))
+    report = BashOperator(task_id="report", bash_command=ray_job(stage("report")))
     # Last: compact the small files the stages appended, vacuum files no version needs.
-    maintain = BashOperator(task_id="maintain", bash_command=ray_job(stage("maintain.py")))
+    maintain = BashOperator(task_id="maintain", bash_command=ray_job(stage("maintain")))
 
     prepare >> generate_encode >> adapt >> publish >> report >> maintain
