@@ -8,9 +8,9 @@ both AUCs, then runs every entity's current text through its adaptor tower.
 
 Scale: training and the gate read a bounded, seeded sample of at most
 adapt.max_train_rows CTR samples and only the knowledge, embeddings, attributes and
-live vectors of the sample's entities (jobs/plumbing/training.py). The export of every
+live vectors of the sample's entities (jobs/plumbing/sample.py). The export of every
 entity's vector is a Ray Data map over each entity's current knowledge joined with its
-embedding (jobs/plumbing/vector_export.py): workers write `vectors` files, the driver
+embedding (jobs/plumbing/export.py): workers write `vectors` files, the driver
 commits them all in one overwrite. The sample's size is in the result and the commit
 metadata.
 
@@ -50,9 +50,11 @@ from adapters.data import EntityMatrix
 from adapters.moe import HybridExpertAdaptor, Tower
 from adapters.train import train_and_evaluate
 from adapters.vectors import export
-from jobs.plumbing import ctr, faults, knowledge, schemas, tables, training, vector_export, vectors
+from jobs.adapting import training, vector_export
+from jobs.plumbing import faults, schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError, MissingTableError
+from jobs.rules import ctr, knowledge, vectors
 
 log = logging.getLogger(__name__)
 

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conf_args(disc)
 
     from jobs import join_features
-    from jobs.plumbing import vectors
+    from jobs.rules import vectors
 
     vec = sub.add_parser("vectors", help="show a vectors version (time travel)")
     vectors.add_selector_args(vec)
@@ -150,7 +150,7 @@ def _dispatch(args: argparse.Namespace, conf: Config, run_id: str) -> None:
         result = _stage(args.command, conf, run_id, args)
         sys.stdout.write(json.dumps(result, default=str) + "\n")
     elif args.command == "vectors":
-        from jobs.plumbing import vectors
+        from jobs.rules import vectors
 
         snapshot = vectors.resolve(conf.table_path("vectors"), args.version, args.as_of)
         sys.stdout.write(json.dumps(vectors.describe(snapshot, args.entity)) + "\n")

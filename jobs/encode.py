@@ -1,7 +1,7 @@
 """Encode stage: turn each entity's current knowledge text into one vector in `embeddings`.
 
 An entity's current knowledge is its latest usable `knowledge` row
-(jobs/plumbing/knowledge.py), per window. Only those whose (kind, entity_id,
+(jobs/rules/knowledge.py), per window. Only those whose (kind, entity_id,
 fingerprint) has no embedding from the configured encoder yet are encoded, so a
 rerun encodes nothing and a changed answer is re-encoded once. Batches go to a
 Ray Data actor pool, one encoder per actor; actors write the vectors as Parquet
@@ -25,12 +25,13 @@ import ray.data
 
 from encoders import ENGINES
 from encoders.inputs import encoder_input
-from jobs.plumbing import faults, knowledge, tables
+from jobs.plumbing import faults, tables
 from jobs.plumbing.config import Config, EncoderConf
 from jobs.plumbing.errors import MissingTableError
 from jobs.plumbing.models import BUNDLED_PREFIX, load_encoder, resolve_model
 from jobs.plumbing.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.plumbing.schemas import EMBEDDINGS
+from jobs.rules import knowledge
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def pending_inputs(conf: Config) -> pa.Table | ray.data.Dataset:
     Per window, not per entity: a user's production answer is what adapt exports,
     its KAR's-cut answer (bootstrap) what the adaptor may train on; both need a
     vector. Columns kind, entity_id, fingerprint, context, text. The knowledge rules
-    of jobs/plumbing/knowledge.py, then an anti-join with `embeddings`: in Arrow here when both
+    of jobs/rules/knowledge.py, then an anti-join with `embeddings`: in Arrow here when both
     tables are small (ray.local_rows, so a no-change rerun needs no Ray), else a Ray
     Dataset that workers stream.
     """

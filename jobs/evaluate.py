@@ -55,10 +55,11 @@ from adapters.moe import TOWERS, HybridExpertAdaptor, Tower
 from adapters.train import BACKBONES, KarMode, TrainResult, train_and_evaluate
 from adapters.vectors import export
 from encoders.inputs import encoder_input
-from jobs.plumbing import ctr, knowledge, schemas, tables
+from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Backbone, Config
 from jobs.plumbing.errors import InputError
 from jobs.plumbing.models import resolve_model
+from jobs.rules import ctr, knowledge
 
 log = logging.getLogger(__name__)
 

@@ -37,13 +37,14 @@ import ray.data
 from jobs.llm import Engine, Generation
 from jobs.llm.checks import NEVER_USABLE, AnswerChecks
 from jobs.llm.config import Status
-from jobs.plumbing import knowledge, tables
+from jobs.plumbing import tables
 from jobs.plumbing.accounting import GenerateResult
 from jobs.plumbing.config import Config, ConfigError, GenerateConf, LLMConf
 from jobs.plumbing.errors import InputError, MissingTableError
 from jobs.plumbing.models import BUNDLED_PREFIX, load_engine
 from jobs.plumbing.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.plumbing.schemas import KINDS, KNOWLEDGE, PROMPTS, SAMPLES
+from jobs.rules import knowledge
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import MissingTableError
 from jobs.plumbing.spark import read_delta, session
-from jobs.plumbing.vectors import Snapshot, resolve
 from jobs.readers import DataError
+from jobs.rules.vectors import Snapshot, resolve
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ lists one of two history windows (prepare.window): production, the latest
 max_prompt_history interactions (what the weekly run publishes), or KAR's
 evaluation cut, the first n = min((len+1)//2, max_prompt_history). CTR samples
 start at KAR's cut; adapt trains each user's text only against samples after
-the prompt that produced it (jobs/plumbing/knowledge.py), so no label is in its prompt.
+the prompt that produced it (jobs/rules/knowledge.py), so no label is in its prompt.
 
 Every entity's prompt inputs are fingerprinted. An item is due a new answer when
 its fingerprint has none; a user in the production window when the refresh
@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
@@ -38,10 +38,11 @@ from factors import prompts, sets, untrusted
 from factors.sets import FactorSet
 from factors.untrusted import age_range
 from jobs import llm, readers
-from jobs.plumbing import faults, knowledge, schemas, tables
+from jobs.plumbing import faults, schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.models import ModelError, resolve_model
 from jobs.plumbing.spark import read_delta, session, write_parts
+from jobs.rules import knowledge
 
 log = logging.getLogger(__name__)
 
@@ -325,19 +326,6 @@ def entity_prompts(
     return fingerprinted(rows, conf, fs, as_of)
 
 
-def current_knowledge(know: DataFrame) -> DataFrame:
-    """Each entity's current usable answer: the Spark twin of knowledge.current (same ORDER)."""
-    latest = Window.partitionBy(*knowledge.ENTITY).orderBy(
-        *[F.col(c).desc_nulls_last() for c in knowledge.ORDER]
-    )
-    return (
-        know.where(F.col("usable"))
-        .withColumn("_rank", F.row_number().over(latest))
-        .where(F.col("_rank") == 1)
-        .drop("_rank")
-    )
-
-
 def refresh_states(current: DataFrame, know: DataFrame, conf: Config, as_of: datetime) -> DataFrame:
     """`current` prompts with a `state`: fresh | new | refreshed | stale (PrepareResult.refresh).
 
@@ -345,7 +333,7 @@ def refresh_states(current: DataFrame, know: DataFrame, conf: Config, as_of: dat
     prompt changed; production-window users follow the refresh policy.
     """
     done = know.select(*knowledge.ENTITY, "fingerprint").distinct().withColumn("_done", F.lit(True))
-    cur = current_knowledge(know).select(
+    cur = knowledge.current_spark(know).select(
         *knowledge.ENTITY,
         F.lit(True).alias("_has"),
         F.col("as_of").alias("_as_of"),

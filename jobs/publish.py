@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from jobs.plumbing import faults, schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.feature_store import online_store
-from jobs.plumbing.vectors import Snapshot, batches, resolve
+from jobs.rules.vectors import Snapshot, batches, resolve
 
 if TYPE_CHECKING:
     from feast import FeatureStore

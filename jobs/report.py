@@ -40,9 +40,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.plumbing import knowledge, schemas, tables, vectors
+from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError
+from jobs.rules import knowledge, vectors
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jobs import adapt, encode, generate, prepare, report
-from jobs.plumbing import accounting, knowledge, lock, schemas, tables
+from jobs.plumbing import accounting, lock, schemas, tables
 from jobs.plumbing.config import Config
+from jobs.rules import knowledge
 
 log = logging.getLogger(__name__)
 

@@ -62,6 +62,16 @@ def test_nothing_but_entry_points_imports_a_stage():
         assert not (imports(module) & STAGES) - {module}, module
 
 
+def test_plumbing_imports_no_rule_and_only_adapt_its_steps():
+    """Infrastructure stands below the rules about our tables; adapt's own steps
+    (jobs/adapting/) are adapt's alone."""
+    for module in (m for m in MODULES if m.startswith("jobs.plumbing")):
+        assert not {i for i in imports(module) if i.startswith("jobs.rules")}, module
+    for module in set(MODULES) - {"jobs.adapt"}:
+        if not module.startswith("jobs.adapting"):
+            assert not {i for i in imports(module) if i.startswith("jobs.adapting")}, module
+
+
 def test_nothing_imports_the_cli_back():
     """The CLI is the one entry file (spark-submit, ray job submit): a stage that ran itself
     as a script through it would close a circle."""
@@ -77,4 +87,5 @@ def test_the_rules_see_the_layout():
     """Guards the checks above against passing on nothing."""
     assert {"jobs.prepare", "jobs.adapt", "jobs.evaluate"} <= STAGES
     assert "jobs.plumbing.tables" in imports("jobs.adapt")
+    assert {"jobs.adapting.training", "jobs.rules.knowledge"} <= imports("jobs.adapt")
     assert "adapters.vectors" in imports("jobs.evaluate")

@@ -19,8 +19,9 @@ import pytest
 import yaml
 from suite_paths import CACHE, ROOT
 
-from jobs.plumbing import schemas, tables, vectors
+from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import load_config
+from jobs.rules import vectors
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,10 @@ from table_writes import write_live_vectors
 from adapters.data import EntityMatrix
 from adapters.moe import HybridExpertAdaptor
 from jobs import adapt, forget, maintain
-from jobs.plumbing import ctr, knowledge, schemas, tables, training, vector_export, vectors
+from jobs.adapting import training, vector_export
+from jobs.plumbing import schemas, tables
 from jobs.plumbing.errors import MissingTableError
+from jobs.rules import ctr, knowledge, vectors
 
 T0 = datetime(2026, 11, 16, tzinfo=UTC)
 T1, T2 = T0 + timedelta(days=7), T0 + timedelta(days=8)

@@ -21,8 +21,9 @@ from table_writes import write_live_vectors
 from adapters.data import EntityMatrix
 from adapters.train import build_model
 from jobs import evaluate
-from jobs.plumbing import ctr, schemas, tables
+from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import AdaptConf
+from jobs.rules import ctr
 
 NOW = datetime(2026, 11, 16, tzinfo=UTC)
 

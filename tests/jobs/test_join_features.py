@@ -13,8 +13,9 @@ from deltalake import DeltaTable
 from table_rows import sample_row, table_of, vectors_table
 
 from jobs import cli, join_features
-from jobs.plumbing import schemas, tables, vectors
-from jobs.plumbing.vectors import VersionError
+from jobs.plumbing import schemas, tables
+from jobs.rules import vectors
+from jobs.rules.vectors import VersionError
 
 V0 = {("user", "u1"): [1.0, 2.0], ("user", "u2"): [3.0, 4.0], ("item", "i1"): [5.0, 6.0]}
 V1 = {("user", "u1"): [7.0, 8.0], ("item", "i1"): [9.0, 1.0], ("item", "i2"): [2.0, 3.0]}

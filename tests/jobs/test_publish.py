@@ -12,8 +12,9 @@ from deltalake import DeltaTable
 from table_rows import vectors_table
 
 from jobs import maintain, publish
-from jobs.plumbing import feature_store, schemas, tables, vectors
+from jobs.plumbing import feature_store, schemas, tables
 from jobs.plumbing.config import Config
+from jobs.rules import vectors
 
 N_USERS, N_ITEMS, DIM = 40, 30, 32
 

@@ -18,9 +18,10 @@ import pyarrow.compute as pc
 from adapters import data as ctr_data
 from adapters.data import EntityMatrix
 from adapters.moe import TOWERS, Tower
-from jobs.plumbing import knowledge, schemas, tables
+from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError, MissingTableError
+from jobs.rules import knowledge
 
 
 def ctr_inputs(

@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.plumbing import knowledge, schemas, tables
+from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
+from jobs.rules import knowledge
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,11 @@ fingerprint), with the window its prompt covered (schemas.WINDOW_FIELDS).
 Stages that need "the current knowledge" or "what the adaptor may train on"
 read it through here, so the rules are spelled once.
 
-Two forms of each rule: Ray Datasets (`*_stream`) for the stages that touch every
-entity (generate, encode, adapt's export), which workers read and shuffle file by file
-so nothing grows in the driver; and Arrow tables for bounded reads (a sample's users,
-one entity, tests). The Spark twin of `current` is in jobs/prepare.py.
+The rule "current knowledge" in three engines, spelled here together on one ORDER: Ray
+Datasets (`current_stream`) for the stages that touch every entity (generate, encode,
+adapt's export), which workers read and shuffle file by file so nothing grows in the
+driver; Spark (`current_spark`) for prepare; and Arrow (`current`) for bounded reads (a
+sample's users, one entity, tests).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from jobs.plumbing import schemas, tables
 
 if TYPE_CHECKING:
     import ray.data
+    from pyspark.sql import DataFrame
 
 ENTITY = ["kind", "entity_id"]
 # One row per answer: an entity's answer to one exact prompt.
 KEYS = [*ENTITY, "fingerprint"]
 # An entity's current knowledge sorts last: the latest data cutoff wins; at one cutoff the
 # production window beats KAR's cut (bootstrap prompts), then the latest answer wins.
-# Rows of older releases (null as_of) sort first. The Spark twin is in jobs/prepare.py.
+# Rows of older releases (null as_of) sort first.
 ORDER = ["as_of", "window", "generated_at", "fingerprint"]
 SECONDS_PER_DAY = 86_400
 
@@ -80,6 +82,21 @@ def read_keys(path: Path) -> pa.Table:
 def current(rows: pa.Table) -> pa.Table:
     """Each entity's current knowledge among `rows` (one row per kind, entity_id)."""
     return tables.latest_rows(rows, ENTITY, ORDER)
+
+
+def current_spark(know: DataFrame) -> DataFrame:
+    """Each entity's current usable answer, as `current` picks it, on a Spark DataFrame of
+    knowledge rows (prepare's refresh states)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    latest = Window.partitionBy(*ENTITY).orderBy(*[F.col(c).desc_nulls_last() for c in ORDER])
+    return (
+        know.where(F.col("usable"))
+        .withColumn("_rank", F.row_number().over(latest))
+        .where(F.col("_rank") == 1)
+        .drop("_rank")
+    )
 
 
 def ages_days(rows: pa.Table, as_of: datetime) -> np.ndarray:

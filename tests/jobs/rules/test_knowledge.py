@@ -1,4 +1,4 @@
-"""The knowledge table's read rules (jobs/plumbing/knowledge.py) on real Delta tables in tmp."""
+"""The knowledge table's read rules (jobs/rules/knowledge.py) on real Delta tables in tmp."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import ray
 import ray.data
 from table_rows import knowledge_row, knowledge_table, sample_row, table_of, vectors_table
 
-from jobs.plumbing import knowledge, schemas, tables
+from jobs.plumbing import schemas, tables
+from jobs.rules import knowledge
 
 T = datetime(2026, 11, 30, tzinfo=UTC)
 

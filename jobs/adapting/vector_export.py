@@ -19,10 +19,11 @@ import pyarrow.compute as pc
 
 from adapters.moe import HybridExpertAdaptor
 from adapters.vectors import export
-from jobs.plumbing import ctr, knowledge, schemas, tables
+from jobs.adapting.training import with_embeddings, with_llm_model
+from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError
-from jobs.plumbing.training import with_embeddings, with_llm_model
+from jobs.rules import ctr, knowledge
 
 if TYPE_CHECKING:
     import ray.data
