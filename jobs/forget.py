@@ -40,6 +40,7 @@ ENTITY_TABLES: dict[str, dict[str, str]] = {
     }
     for kind in ("user", "item")
 }
+ENTITY_TABLES["user"]["cohort"] = "user_id"  # a forgotten member frees its slot
 _HAS_KIND = {"prompts", "knowledge", "embeddings", "vectors", "attributes"}
 
 

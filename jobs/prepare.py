@@ -368,11 +368,10 @@ def refresh_states(current: DataFrame, know: DataFrame, conf: Config, as_of: dat
     )
 
 
-def bootstrap_users(hist: DataFrame, know: DataFrame, conf: Config) -> DataFrame:
-    """Users (hist rows) with no usable answer whose prompt ended before their latest
-    interaction, i.e. no text the adaptor could train on; at most refresh.bootstrap_users,
-    a seeded choice."""
-    covered = (
+def _covered(hist: DataFrame, know: DataFrame) -> DataFrame:
+    """user_id of the users whose usable answer ended before their latest interaction:
+    text the adaptor can train on without leakage."""
+    return (
         know.where(F.col("usable") & (F.col("kind") == "user"))
         .select(F.col("entity_id").alias("user_id"), "history_end")
         .join(hist.select("user_id", "length"), "user_id")
@@ -380,11 +379,69 @@ def bootstrap_users(hist: DataFrame, know: DataFrame, conf: Config) -> DataFrame
         .select("user_id")
         .distinct()
     )
-    chosen = hist.where(F.col("length") >= 2).join(covered, "user_id", "left_anti")
+
+
+def bootstrap_cohort(
+    hist: DataFrame, know: DataFrame, cohort: DataFrame, conf: Config, run_id: str
+) -> DataFrame:
+    """The adaptor's training cohort after this run (COHORT rows), from the stored one.
+
+    Chosen once and kept: members stay, whatever their activity. A member that is still
+    not covered and whose KAR's-cut answer came back unusable (generate already retried
+    it generate.max_attempts times) leaves; the free slots, up to
+    refresh.bootstrap_users members, go to a seeded draw of users never in the cohort
+    with no text to train on. A cohort of 10^6 users is a Spark-sized table, never
+    collected.
+    """
+    covered = _covered(hist, know)
+    user = F.col("kind") == "user"
+    failed = (
+        know.where(user & (F.col("window") == "evaluation"))
+        .groupBy(F.col("entity_id").alias("user_id"))
+        .agg(F.max(F.col("usable").cast("int")).alias("ok"))
+        .where(F.col("ok") == 0)
+        .select("user_id")
+    )
+    members = cohort.where(F.col("state") == "member")
+    leaving = (
+        members.join(covered, "user_id", "left_anti")
+        .join(failed, "user_id", "left_semi")
+        .select(
+            "user_id",
+            F.lit("left").alias("state"),
+            F.lit("unusable").alias("reason"),
+            F.lit(run_id).alias("run_id"),
+        )
+    )
+    staying = members.join(leaving, "user_id", "left_anti")
+    candidates = (
+        hist.where(F.col("length") >= 2)
+        .select("user_id")
+        .join(cohort, "user_id", "left_anti")
+        .join(covered, "user_id", "left_anti")
+    )
     limit = conf.refresh.bootstrap_users
     if limit is not None:
-        chosen = chosen.orderBy(F.xxhash64("user_id", F.lit(conf.run.seed)), "user_id").limit(limit)
-    return chosen
+        free = max(0, limit - staying.count())
+        draw = F.xxhash64("user_id", F.lit(conf.run.seed))
+        candidates = candidates.orderBy(draw, "user_id").limit(free)
+    joining = candidates.select(
+        "user_id",
+        F.lit("member").alias("state"),
+        F.lit(None).cast("string").alias("reason"),
+        F.lit(run_id).alias("run_id"),
+    )
+    kept = cohort.where(F.col("state") != "member")
+    return kept.unionByName(leaving).unionByName(staying).unionByName(joining)
+
+
+def bootstrap_users(hist: DataFrame, know: DataFrame, cohort: DataFrame) -> DataFrame:
+    """The hist rows of the cohort's members that have no text to train on yet: they get
+    KAR's-cut prompt."""
+    members = cohort.where(F.col("state") == "member").select("user_id")
+    return hist.join(members, "user_id", "left_semi").join(
+        _covered(hist, know), "user_id", "left_anti"
+    )
 
 
 def entity_attributes(raw: readers.RawData) -> DataFrame:
@@ -506,9 +563,11 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     know = read_delta(spark, knowledge_path, schemas.KNOWLEDGE)
     states = refresh_states(current, know, conf, as_of).cache()
     due = states.where(F.col("state").isin("new", "refreshed")).drop("state")
-    n_boot, boot = 0, states.limit(0)
+    n_boot, boot, cohort = 0, states.limit(0), None
     if conf.prepare.window == "production":
-        boot = user_windows(bootstrap_users(hist, know, conf), "evaluation", conf)
+        stored = read_delta(spark, conf.table_path("cohort"), schemas.COHORT)
+        cohort = bootstrap_cohort(hist, know, stored, conf, run_id).cache()
+        boot = user_windows(bootstrap_users(hist, know, cohort), "evaluation", conf)
         boot = fingerprinted(user_prompts(boot, raw.users, conf, fs), conf, fs, as_of)
         answered = know.select(*knowledge.ENTITY, "fingerprint")
         boot = boot.join(answered, [*knowledge.ENTITY, "fingerprint"], "left_anti").cache()
@@ -565,16 +624,17 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
         content_digest(attributes),
         run_id,
     )
-    # Last: readers see these three versions, or (if this run dies first) the previous three.
-    tables.record_stage(
-        conf.table_path("stages"),
-        run_id,
-        "prepare",
-        {"prompts": prompts_version, "samples": samples_version, "attributes": attributes_version},
-        as_of,
-        n_pending,
-    )
-    for frame in (hist, samples, boot):
+    versions = {"prompts": prompts_version, "samples": samples_version}
+    versions["attributes"] = attributes_version
+    if cohort is not None:
+        # After the prompts: a run killed in between draws the same members again (seeded).
+        cohort_path = conf.table_path("cohort")
+        versions["cohort"] = _overwrite_if_changed(
+            spark, cohort_path, cohort, schemas.COHORT, content_digest(cohort), run_id
+        )
+    # Last: readers see these versions, or (if this run dies first) the previous ones.
+    tables.record_stage(conf.table_path("stages"), run_id, "prepare", versions, as_of, n_pending)
+    for frame in (hist, samples, boot, *([cohort] if cohort is not None else [])):
         frame.unpersist()
     return PrepareResult(
         users=n_users,

@@ -154,6 +154,11 @@ def attribute_row(kind: str = "item", entity_id: str = "i1", **columns: Any) -> 
     return {"kind": kind, "entity_id": entity_id, "attribute": attribute, "value": value} | columns
 
 
+def cohort_row(user_id: str = "u1", **columns: Any) -> dict[str, Any]:
+    """One `cohort` row: a member chosen by run-1."""
+    return {"user_id": user_id, "state": "member", "reason": None, "run_id": "run-1"} | columns
+
+
 def run_row(run_id: str = "run-1", **columns: Any) -> dict[str, Any]:
     """One `runs` row: a `kar run` that answered 6 prompts with 7 requests, one retried."""
     return {
@@ -199,6 +204,7 @@ ROW_BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
     "vectors": vector_row,
     "samples": sample_row,
     "attributes": attribute_row,
+    "cohort": cohort_row,
     "runs": run_row,
     "stages": stage_row,
 }

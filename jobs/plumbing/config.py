@@ -190,9 +190,12 @@ class RefreshConf(_Section):
 
     min_new_interactions: int = Field(default=5, gt=0)
     max_age_days: float = Field(default=28.0, gt=0)
-    # Users with no knowledge that ended before their latest interaction (new users; every
-    # user on a first run) also get KAR's-cut prompt, so the adaptor has leak-free text to
-    # train on. At most this many per run (a seeded choice); null: all of them, 0: none.
+    # The adaptor's leak-free training cohort: users chosen once (a seeded draw among those
+    # with no knowledge that ended before their latest interaction) get KAR's-cut prompt,
+    # so the adaptor has leak-free text to train on. At most this many members at any
+    # time, kept in the `cohort` table; a member whose answer is still unusable after
+    # generate's retries leaves and another user takes the slot. null: every such user
+    # (small deployments), 0: none.
     bootstrap_users: int | None = Field(default=None, ge=0)
 
 

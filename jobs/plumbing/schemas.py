@@ -210,6 +210,18 @@ ITEM_FEATURES = pa.schema(
     ]
 )
 
+# The adaptor's leak-free training cohort (refresh.bootstrap_users): users chosen once, by
+# a seeded draw, to get KAR's-cut prompt; a member whose answer stays unusable leaves
+# ("left") and another user takes the slot. Written by prepare only when it changes.
+COHORT = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("state", pa.string(), nullable=False),  # "member" | "left"
+        pa.field("reason", pa.string()),  # why a user left: "unusable"
+        pa.field("run_id", pa.string(), nullable=False),  # the run that chose it, or it left
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "knowledge": KNOWLEDGE,
@@ -217,6 +229,7 @@ TABLES: dict[str, pa.Schema] = {
     "vectors": VECTORS,
     "samples": SAMPLES,
     "attributes": ATTRIBUTES,
+    "cohort": COHORT,
     "runs": RUNS,
     "stages": STAGES,
 }

@@ -227,6 +227,50 @@ def test_samples_are_rewritten_only_when_their_content_changes(spark, make_confi
     ]
 
 
+def test_bootstrap_cohort_is_chosen_once_and_an_unusable_member_gives_its_slot(spark, make_config):
+    conf = make_config("refresh.bootstrap_users=2")
+    hist = spark.createDataFrame(
+        [("u0", 4), ("u1", 4), ("u2", 4), ("u3", 4), ("u4", 4), ("u5", 1)],
+        "user_id string, length int",
+    )
+    know = spark.createDataFrame(
+        [
+            ("user", "u1", True, 2, "production"),  # covered: text before its last interaction
+            ("user", "u2", False, 2, "evaluation"),  # its KAR's-cut answer stayed unusable
+        ],
+        "kind string, entity_id string, usable boolean, history_end int, window string",
+    )
+    stored = spark.createDataFrame(
+        [("u2", "member", None, "r0"), ("u3", "left", "unusable", "r0")],
+        prepare.read_delta(spark, conf.table_path("cohort"), schemas.COHORT).schema,
+    )
+
+    def rows(df) -> set[tuple]:
+        return {tuple(r) for r in df.collect()}
+
+    after = prepare.bootstrap_cohort(hist, know, stored, conf, "r1")
+    # u2 leaves, u3 stays gone; the two free slots go to users never in the cohort and not
+    # covered (u1 is, u5 has one interaction): u0 and u4.
+    assert rows(after) == {
+        ("u2", "left", "unusable", "r1"),
+        ("u3", "left", "unusable", "r0"),
+        ("u0", "member", None, "r1"),
+        ("u4", "member", None, "r1"),
+    }
+    boot = prepare.bootstrap_users(hist, know, after)
+    assert {r["user_id"] for r in boot.collect()} == {"u0", "u4"}
+    # Chosen once: the next run keeps it as it is (so prepare writes nothing).
+    again = prepare.bootstrap_cohort(hist, know, after, conf, "r2")
+    assert rows(again) == rows(after)
+    assert prepare.content_digest(again) == prepare.content_digest(after)
+
+    # From scratch, a cap of one draws one user, the same one each time (seeded).
+    empty = stored.limit(0)
+    one = make_config("refresh.bootstrap_users=1")
+    first = rows(prepare.bootstrap_cohort(hist, know, empty, one, "r1"))
+    assert len(first) == 1 and first == rows(prepare.bootstrap_cohort(hist, know, empty, one, "r1"))
+
+
 def _files(conf, name: str) -> dict[str, int]:
     """The Parquet files of a table's current version -> their row counts (add actions)."""
     adds = pa.table(DeltaTable(str(conf.table_path(name))).get_add_actions(flatten=True))
