@@ -58,7 +58,7 @@ def test_kill_9_of_prepare_between_its_commits(make_config, ml100k):
     assert kar(conf, "prepare", *slice_) == 0
     stages = tables.read(conf.table_path("stages"), schemas.STAGES).to_pylist()
     assert [s["stage"] for s in stages] == ["prepare"]
-    assert dict(stages[0]["versions"]) == {"prompts": 1, "samples": 0, "attributes": 0}
+    assert dict(stages[0]["versions"]) == {"prompts": 1, "samples": 0, "attributes": 0, "cohort": 0}
     assert assert_unique(conf, "prompts", ["kind", "entity_id", "fingerprint"]) == 50
 
 
