@@ -232,3 +232,14 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dist_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make dist` into a tmp dir, with this test's venv: `-o` keeps make from rebuilding the
+    venv (the stamp may be older than pyproject.toml in a fresh worktree); that is setup's job."""
+    out = tmp_path_factory.mktemp("dist")
+    args = ["make", "-s", "-o", ".venv/.kar-installed", "dist", f"DIST_DIR={out}", f"BIN={BIN}"]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return out / "kar-job.zip"
