@@ -16,7 +16,9 @@ dag-processor and workers (read when the DAG is parsed):
                       without its git-ignored files: no data, models or outputs)
     KAR_RAY_ADDRESS   Ray dashboard address for `ray job submit` (default http://127.0.0.1:8265)
     KAR_RAY           `ray` executable on the Airflow worker (default: ray on PATH)
-    KAR_SPARK_CONN    Airflow connection for spark-submit (default spark_default)
+    KAR_SPARK_CONN    Airflow connection for spark-submit (default spark_default); the
+                      worker needs `spark-submit` on its PATH with pyspark's python3 beside
+                      it (pyspark's spark-submit finds Spark through the python3 on PATH)
     KAR_RETRIES       retries of a failed task, 10 minutes apart (default 1)
 
 Ray's token authentication (which `ray start --head` turns on in Ray 2.60) reaches
