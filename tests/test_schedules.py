@@ -143,7 +143,7 @@ def weeks(ray_head, kar_home: Path, ml100k: Path, tmp_path_factory: pytest.TempP
     outputs = [airflow("dags", "test", "kar_weekly", "2026-11-30")]
     first = content_versions(conf)
     outputs.append(airflow("dags", "test", "kar_weekly", "2026-12-07"))
-    yield {
+    return {
         "conf": conf,
         "conf_file": conf_file,
         "home": home,
