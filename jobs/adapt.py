@@ -8,9 +8,9 @@ both AUCs, then runs every entity's current text through its adaptor tower.
 
 Scale: training and the gate read a bounded, seeded sample of at most
 adapt.max_train_rows CTR samples and only the knowledge, embeddings, attributes and
-live vectors of the sample's entities (jobs/plumbing/sample.py). The export of every
+live vectors of the sample's entities (jobs/adapting/training.py). The export of every
 entity's vector is a Ray Data map over each entity's current knowledge joined with its
-embedding (jobs/plumbing/export.py): workers write `vectors` files, the driver
+embedding (jobs/adapting/vector_export.py): workers write `vectors` files, the driver
 commits them all in one overwrite. The sample's size is in the result and the commit
 metadata.
 
@@ -163,20 +163,22 @@ def run(conf: Config, run_id: str) -> AdaptResult:
     started = time.monotonic()
     versions, total = _versions(conf)
     input_fp = input_fingerprint(conf, versions, total)
-    unchanged = _unchanged(conf, input_fp, total)
+    # The live version, read once: the unchanged check, the gate and a rejection name it.
+    live = vectors.latest(conf.table_path("vectors"))
+    unchanged = _unchanged(conf, live, input_fp, total)
     if unchanged is not None:
         return AdaptResult(
             **unchanged, vectors_written=0, skipped=True, seconds=time.monotonic() - started
         )
     trained = _train(conf, versions, total)
-    publish, gate_fields = _gate(conf, trained, input_fp)
+    publish, gate_fields = _gate(conf, live, trained)
     log.log(logging.INFO if publish else logging.WARNING, "%s", gate_fields["gate"])
     result = {**trained.metrics, **gate_fields, **trained.drawn}
     if not publish:
         _remember_rejection(conf, input_fp, result)
         return AdaptResult(
             **result,
-            vectors_version=_live_version(conf),
+            vectors_version=None if live is None else live.version,
             vectors_written=0,
             skipped=True,
             seconds=time.monotonic() - started,
@@ -191,10 +193,11 @@ def run(conf: Config, run_id: str) -> AdaptResult:
     )
 
 
-def _unchanged(conf: Config, input_fp: str, total: int) -> dict | None:
+def _unchanged(
+    conf: Config, live: vectors.Snapshot | None, input_fp: str, total: int
+) -> dict | None:
     """AdaptResult fields of the last decision on these very inputs (the live version built
     from them, or the gate's rejection of them), so a rerun repeats it; None: train."""
-    live = vectors.latest(conf.table_path("vectors"))
     previous = _published_metrics(live, input_fp)
     if previous is not None:
         version = live.version
@@ -214,12 +217,6 @@ def _unchanged(conf: Config, input_fp: str, total: int) -> dict | None:
         log.info("%s", rejected["gate"])
         return {**rejected, "vectors_version": None if live is None else live.version}
     return None
-
-
-def _live_version(conf: Config) -> int | None:
-    """The live (last published) vectors version; None before the first publish."""
-    live = vectors.latest(conf.table_path("vectors"))
-    return None if live is None else live.version
 
 
 @dataclass(frozen=True)
@@ -295,12 +292,11 @@ def _train(conf: Config, versions: dict[str, int | None], total: int) -> _Traine
     )
 
 
-def _gate(conf: Config, trained: _Trained, input_fp: str) -> tuple[bool, dict]:
+def _gate(conf: Config, live: vectors.Snapshot | None, trained: _Trained) -> tuple[bool, dict]:
     """(publish?, AdaptResult's gate fields): the new vectors against the live version's,
     both frozen (adapters.gate), on the sample's samples after both prompts: the live
     vector's and the training text's. Only the sample's entities' vectors are read."""
     vectors_path = conf.table_path("vectors")
-    live = vectors.latest(vectors_path)
     if live is None:
         return True, {"gate": "published: no live vectors version to compare with"}
     live_version = live.version

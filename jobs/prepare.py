@@ -368,7 +368,7 @@ def refresh_states(current: DataFrame, know: DataFrame, conf: Config, as_of: dat
     )
 
 
-def _covered(hist: DataFrame, know: DataFrame) -> DataFrame:
+def covered_users(hist: DataFrame, know: DataFrame) -> DataFrame:
     """user_id of the users whose usable answer ended before their latest interaction:
     text the adaptor can train on without leakage."""
     return (
@@ -382,9 +382,15 @@ def _covered(hist: DataFrame, know: DataFrame) -> DataFrame:
 
 
 def bootstrap_cohort(
-    hist: DataFrame, know: DataFrame, cohort: DataFrame, conf: Config, run_id: str
+    hist: DataFrame,
+    know: DataFrame,
+    covered: DataFrame,
+    cohort: DataFrame,
+    conf: Config,
+    run_id: str,
 ) -> DataFrame:
-    """The adaptor's training cohort after this run (COHORT rows), from the stored one.
+    """The adaptor's training cohort after this run (COHORT rows), from the stored one;
+    `covered`: `covered_users(hist, know)`.
 
     Chosen once and kept: members stay, whatever their activity. A member that is still
     not covered and whose KAR's-cut answer came back unusable (generate already retried
@@ -393,7 +399,6 @@ def bootstrap_cohort(
     with no text to train on. A cohort of 10^6 users is a Spark-sized table, never
     collected.
     """
-    covered = _covered(hist, know)
     user = F.col("kind") == "user"
     failed = (
         know.where(user & (F.col("window") == "evaluation"))
@@ -435,13 +440,11 @@ def bootstrap_cohort(
     return kept.unionByName(leaving).unionByName(staying).unionByName(joining)
 
 
-def bootstrap_users(hist: DataFrame, know: DataFrame, cohort: DataFrame) -> DataFrame:
-    """The hist rows of the cohort's members that have no text to train on yet: they get
-    KAR's-cut prompt."""
+def bootstrap_users(hist: DataFrame, covered: DataFrame, cohort: DataFrame) -> DataFrame:
+    """The hist rows of the cohort's members that have no text to train on yet (not in
+    `covered`): they get KAR's-cut prompt."""
     members = cohort.where(F.col("state") == "member").select("user_id")
-    return hist.join(members, "user_id", "left_semi").join(
-        _covered(hist, know), "user_id", "left_anti"
-    )
+    return hist.join(members, "user_id", "left_semi").join(covered, "user_id", "left_anti")
 
 
 def entity_attributes(raw: readers.RawData) -> DataFrame:
@@ -504,12 +507,11 @@ def _overwrite_if_changed(
     )
 
 
-def _queue_done(spark: SparkSession, conf: Config, know: DataFrame) -> bool:
-    """Whether the prompts the last prepare published are all answered, so an empty pending
-    set need not be written: generate would find nothing in either. A Spark anti-join of
-    that (weekly, pending-only) table against the knowledge keys."""
-    path = conf.table_path("prompts")
-    version = tables.pinned(conf.table_path("stages"), "prepare", "prompts")
+def _queue_done(spark: SparkSession, path: Path, version: int | None, know: DataFrame) -> bool:
+    """Whether the prompts the last prepare published (`path` at `version`) are all
+    answered, so an empty pending set need not be written: generate would find nothing in
+    either. A Spark anti-join of that (weekly, pending-only) table against the knowledge
+    keys."""
     if version is None:
         return False
     if tables.count(path, version) == 0:
@@ -566,8 +568,9 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     n_boot, boot, cohort = 0, states.limit(0), None
     if conf.prepare.window == "production":
         stored = read_delta(spark, conf.table_path("cohort"), schemas.COHORT)
-        cohort = bootstrap_cohort(hist, know, stored, conf, run_id).cache()
-        boot = user_windows(bootstrap_users(hist, know, cohort), "evaluation", conf)
+        covered = covered_users(hist, know)
+        cohort = bootstrap_cohort(hist, know, covered, stored, conf, run_id).cache()
+        boot = user_windows(bootstrap_users(hist, covered, cohort), "evaluation", conf)
         boot = fingerprinted(user_prompts(boot, raw.users, conf, fs), conf, fs, as_of)
         answered = know.select(*knowledge.ENTITY, "fingerprint")
         boot = boot.join(answered, [*knowledge.ENTITY, "fingerprint"], "left_anti").cache()
@@ -599,8 +602,9 @@ def run(conf: Config, run_id: str, spark: SparkSession | None = None) -> Prepare
     )
     # This run's pending set is what generate reads; an empty one replaces the last only
     # if that still holds an unanswered prompt, so a week with nothing new writes nothing.
-    if n_pending == 0 and _queue_done(spark, conf, know):
-        prompts_version = tables.pinned(conf.table_path("stages"), "prepare", "prompts")
+    queued = tables.pinned(conf.table_path("stages"), "prepare", "prompts")
+    if n_pending == 0 and _queue_done(spark, prompts_path, queued, know):
+        prompts_version = queued
         log.info("no prompt due or unanswered; kept prompts version %s", prompts_version)
     else:
         prompts_version = tables.commit_parts(

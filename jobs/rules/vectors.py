@@ -93,11 +93,10 @@ def _snapshot(path: Path, publishes: list[dict[str, Any]], index: int) -> Snapsh
         for k, v in commit.items()
         if k not in skip and not k.startswith(("engine", "client", "read"))
     }
-    later = publishes[index + 1 :]
     return Snapshot(
         path=path,
         version=int(commit["version"]),
-        rows_version=later[0]["version"] - 1 if later else tables.version(path),
+        rows_version=tables.current_of(path, int(commit["version"])),
         committed_at=datetime.fromtimestamp(commit["timestamp"] / 1000, UTC),
         metadata=meta,
     )

@@ -248,7 +248,8 @@ def test_bootstrap_cohort_is_chosen_once_and_an_unusable_member_gives_its_slot(s
     def rows(df) -> set[tuple]:
         return {tuple(r) for r in df.collect()}
 
-    after = prepare.bootstrap_cohort(hist, know, stored, conf, "r1")
+    covered = prepare.covered_users(hist, know)
+    after = prepare.bootstrap_cohort(hist, know, covered, stored, conf, "r1")
     # u2 leaves, u3 stays gone; the two free slots go to users never in the cohort and not
     # covered (u1 is, u5 has one interaction): u0 and u4.
     assert rows(after) == {
@@ -257,18 +258,19 @@ def test_bootstrap_cohort_is_chosen_once_and_an_unusable_member_gives_its_slot(s
         ("u0", "member", None, "r1"),
         ("u4", "member", None, "r1"),
     }
-    boot = prepare.bootstrap_users(hist, know, after)
+    boot = prepare.bootstrap_users(hist, covered, after)
     assert {r["user_id"] for r in boot.collect()} == {"u0", "u4"}
     # Chosen once: the next run keeps it as it is (so prepare writes nothing).
-    again = prepare.bootstrap_cohort(hist, know, after, conf, "r2")
+    again = prepare.bootstrap_cohort(hist, know, covered, after, conf, "r2")
     assert rows(again) == rows(after)
     assert prepare.content_digest(again) == prepare.content_digest(after)
 
     # From scratch, a cap of one draws one user, the same one each time (seeded).
     empty = stored.limit(0)
     one = make_config("refresh.bootstrap_users=1")
-    first = rows(prepare.bootstrap_cohort(hist, know, empty, one, "r1"))
-    assert len(first) == 1 and first == rows(prepare.bootstrap_cohort(hist, know, empty, one, "r1"))
+    first = rows(prepare.bootstrap_cohort(hist, know, covered, empty, one, "r1"))
+    again_one = rows(prepare.bootstrap_cohort(hist, know, covered, empty, one, "r1"))
+    assert len(first) == 1 and first == again_one
 
 
 def _files(conf, name: str) -> dict[str, int]:
