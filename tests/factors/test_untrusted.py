@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from suite_paths import CACHE
 from transformers import AutoTokenizer
@@ -93,3 +95,23 @@ def test_real_tokenizer_sees_no_special_token_from_input_text(tokenizer_and_spec
     # The check can fail: uncleaned, the same titles open turns of their own.
     raw = prompts.user_prompt(FS, prompts.user_context(FS, [(t, 5.0) for t in HOSTILE], None))
     assert len(_special_ids(tokenizer, raw)) > len(benign)
+
+
+def test_special_tokens_read_without_transformers_match_transformers(tokenizer_and_specials):
+    """special_tokens reads tokenizer.json with `tokenizers`; the answer is transformers' own."""
+    tokenizer, specials = tokenizer_and_specials
+    added = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    assert specials == sorted(set(tokenizer.all_special_tokens) | added)
+
+
+def test_special_tokens_include_the_named_ones_of_tokenizer_config(tmp_path):
+    """A named special (eos, additional) that is not an added token of tokenizer.json."""
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    tok.add_special_tokens(["<s>"])
+    tok.add_tokens(["plain"])  # added but not special: not a marker
+    tok.save(str(tmp_path / "tokenizer.json"))
+    named = {"eos_token": {"content": "</x>"}, "additional_special_tokens": ["<y>"]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(named))
+    assert special_tokens(tmp_path) == ["</x>", "<s>", "<y>"]
