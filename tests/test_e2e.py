@@ -109,30 +109,6 @@ def test_first_run_fills_every_table(first_run):
     assert (report.parent / "knowledge_age.png").is_file()
 
 
-def test_rerun_with_unchanged_input_does_nothing(first_run, ml100k):
-    """A week with nothing new, after `kar maintain` compacted and vacuumed every table: no
-    stage writes a data table (only maintenance commits follow the first run's)."""
-    out, first = first_run
-    before = versions(out)
-    maintain = [KAR, "maintain", "--conf", str(ROOT / "conf" / "local.yaml")]
-    maintain += [f"run.output_dir={out}", "run.retain_hours=0"]
-    summary_of(subprocess.run(maintain, capture_output=True, text=True, timeout=300, cwd=ROOT))
-    compacted = versions(out)
-    data_tables = ("prompts", "samples", "attributes", "knowledge", "embeddings", "vectors")
-    # Maintenance committed to some of them, so the check below can fail.
-    assert [n for n in data_tables if compacted[n] > before[n]]
-
-    second = summary_of(kar_run(out, ml100k))
-    assert second["prompts_generated"] == 0 and second["bootstrap_prompts"] == 0
-    assert second["refresh"] == {"user": {"fresh": 30}, "item": {"fresh": 20}}
-    assert second["vectors_published"] is False
-    assert second["publish_gate"].startswith("inputs unchanged")
-    after = versions(out)
-    for name in data_tables:
-        assert after[name] == compacted[name], name
-    assert second["auc_with"] == first["auc_with"]
-
-
 def test_corrupted_interactions_fail_with_file_and_line(first_run, ml100k, tmp_path):
     out, _ = first_run
     bad = tmp_path / "ml-100k"

@@ -114,7 +114,9 @@ def weeks(ray_head, kar_home: Path, ml100k: Path, tmp_path_factory: pytest.TempP
         pytest.skip(f"{AIRFLOW} missing: `make airflow` builds Airflow's own venv")
     address, ray_env = ray_head
     work = tmp_path_factory.mktemp("airflow")
-    conf_file = write_conf(work / "kar.yaml", work / "out", ml100k)
+    # Retention 0: each week's maintain vacuums every file the newest versions do not use, so
+    # the next week reads its pinned versions past a vacuum.
+    conf_file = write_conf(work / "kar.yaml", work / "out", ml100k, **{"run.retain_hours": 0})
     home = work / "home"
     env = {
         **ray_env,  # RAY_AUTH_MODE=token and RAY_AUTH_TOKEN: the worker's environment
@@ -177,6 +179,14 @@ def test_both_weekly_dag_runs_succeed_on_the_ray_cluster(weeks):
 
 def test_a_week_with_nothing_new_writes_nothing_but_maintenance(weeks):
     conf = weeks["conf"]
+    # The first week's maintain compacted and vacuumed, so the checks below can fail.
+    first_week = weeks["outputs"][0].stdout + weeks["outputs"][0].stderr
+    deleted = [
+        int(n) for n in re.findall(r"maintain: compacted \d+ files, deleted (\d+)", first_week)
+    ]
+    assert deleted and deleted[0] > 0, "maintain vacuumed nothing"
+    latest = {n: tables.open_table(conf.table_path(n)).version() for n in DATA_TABLES}
+    assert any(latest[n] > weeks["first"][n] for n in DATA_TABLES), "no maintenance commit"
     runs = tables.read(conf.table_path("runs"), schemas.RUNS).to_pylist()
     last = max((r for r in runs if r["command"] == "generate"), key=lambda r: r["started_at"])
     assert last["prompts"] == 0 and last["prompts_generated"] == 0
@@ -243,5 +253,12 @@ def test_cron_line_runs_the_week_under_crons_environment_and_publishes(weeks, ka
     assert proc.returncode == 0, log.read_text()[-6000:] if log.exists() else proc.stderr
     published = vectors.resolve(conf.table_path("vectors"))
     assert published.version > live
+    # `jobs/cli.py run` on unchanged input asked nothing and rewrote no input of adapt.
+    summaries = [
+        json.loads(s) for s in re.findall(r"^\{.*\"prompts_generated\".*\}$", log.read_text(), re.M)
+    ]
+    assert summaries and summaries[-1]["prompts_generated"] == 0
+    unchanged = {n: v for n, v in content_versions(conf).items() if n != "vectors"}
+    assert unchanged == {n: v for n, v in weeks["second"].items() if n != "vectors"}
     assert_one_feature_row_per_entity_and_version(conf)
     assert f'"vectors_version": {published.version}' in log.read_text()  # kar publish ran
