@@ -84,7 +84,7 @@ class AdaptResult:
 
 def adaptor_checkpoint(conf: Config, version_id: str) -> Path:
     """Where the adaptor behind vectors version `version_id` is saved (for new entities)."""
-    return conf.run.output_dir / "models" / f"adaptor-{version_id}.pt"
+    return conf.local_output("models") / f"adaptor-{version_id}.pt"
 
 
 def input_fingerprint(conf: Config, versions: dict[str, int | None], samples_total: int) -> str:
@@ -392,7 +392,7 @@ def _vector_prompts(conf: Config, version: int, know: pa.Table, users: pa.Array)
 
 
 def _rejection_path(conf: Config, input_fp: str) -> Path:
-    return conf.run.output_dir / "models" / f"gate-rejected-{input_fp[:16]}.json"
+    return conf.local_output("models") / f"gate-rejected-{input_fp[:16]}.json"
 
 
 def _remember_rejection(conf: Config, input_fp: str, result: dict) -> None:

@@ -31,6 +31,7 @@ from jobs.plumbing.errors import MissingTableError
 from jobs.plumbing.models import BUNDLED_PREFIX, load_encoder, resolve_model
 from jobs.plumbing.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.plumbing.schemas import EMBEDDINGS
+from jobs.plumbing.storage import Location
 from jobs.rules import knowledge
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class EncoderWorker:
         conf: EncoderConf,
         cache_dir: Path,
         threads: int | None,
-        path: Path,
+        path: Location,
         model_name: str,
     ) -> None:
         self.encoder = load_encoder(model, conf, cache_dir, threads)

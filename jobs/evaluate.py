@@ -271,7 +271,7 @@ def run(conf: Config) -> dict:
     """Train every configured row for every seed; write report.md, lift.png, results.json."""
     started = time.monotonic()
     ev = conf.evaluate
-    work_dir = conf.run.output_dir / "evaluate"  # encoder cache and exported vectors
+    work_dir = conf.local_output("evaluate")  # encoder cache and exported vectors
     out_dir = ev.out_dir or work_dir
     samples, _ = tables.read_published(conf.table_path("samples"), schemas.SAMPLES, "prepare")
     if samples.num_rows == 0:

@@ -17,11 +17,11 @@ import logging
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from jobs.plumbing import tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.feature_store import feature_store
+from jobs.plumbing.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,10 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _targets(conf: Config, kind: str) -> list[tuple[Path, str]]:
+def _targets(conf: Config, kind: str) -> list[tuple[Location, str]]:
     """(table path, delete predicate column) of every table that can hold a `kind` row."""
     out = [(conf.table_path(name), col) for name, col in ENTITY_TABLES[kind].items()]
-    out.append((conf.run.output_dir / "evaluate" / "tables" / "vectors", "entity_id"))
+    out.append((conf.output("evaluate", "tables", "vectors"), "entity_id"))
     return out
 
 
@@ -71,7 +71,7 @@ def _delete_online(conf: Config, kind: str, entity_id: str) -> bool:
     Written by hand: Feast (0.67) has no per-entity delete, so this removes the row
     the way its SQLite and Redis stores key it (serialized entity key).
     """
-    if not (conf.run.output_dir / "feast" / "registry.db").is_file():
+    if not conf.local_output("feast", "registry.db").is_file():
         return False
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -107,9 +107,9 @@ def run(conf: Config, kind: str, entity_id: str) -> ForgetResult:
         n = tables.erase(path, predicate)
         if n:
             result.deleted[str(path)] = n
-            result.vacuum.append(f"VACUUM delta.`{path.resolve()}` RETAIN {RETENTION_HOURS} HOURS")
+            result.vacuum.append(f"VACUUM delta.`{path}` RETAIN {RETENTION_HOURS} HOURS")
             log.info("forget %s %s: %d row(s) deleted from %s", kind, entity_id, n, path)
-    cache = conf.run.output_dir / "evaluate" / "cache"
+    cache = conf.local_output("evaluate", "cache")
     if cache.is_dir():
         shutil.rmtree(cache)  # encoder inputs by hash: cannot be searched for one entity
     result.online_deleted = _delete_online(conf, kind, entity_id)

@@ -44,6 +44,7 @@ from jobs.plumbing.errors import InputError, MissingTableError
 from jobs.plumbing.models import BUNDLED_PREFIX, load_engine
 from jobs.plumbing.ray_data import actor_pool, blocks, ensure_ray, outputs
 from jobs.plumbing.schemas import KINDS, KNOWLEDGE, PROMPTS, SAMPLES
+from jobs.plumbing.storage import Location
 from jobs.rules import knowledge
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class GenerationWorker:
     """
 
     def __init__(
-        self, llm: LLMConf, gen: GenerateConf, cache_dir: Path, path: Path, run_id: str
+        self, llm: LLMConf, gen: GenerateConf, cache_dir: Path, path: Location, run_id: str
     ) -> None:
         started = time.monotonic()
         self.llm, self.gen, self.path, self.run_id = llm, gen, path, run_id

@@ -27,7 +27,6 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -42,6 +41,7 @@ from jobs.plumbing import faults, schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.models import ModelError, resolve_model
 from jobs.plumbing.spark import read_delta, session, write_parts
+from jobs.plumbing.storage import Location
 from jobs.rules import knowledge
 
 log = logging.getLogger(__name__)
@@ -478,7 +478,12 @@ def entity_attributes(raw: readers.RawData) -> DataFrame:
 
 
 def _overwrite_if_changed(
-    spark: SparkSession, path: Path, rows: DataFrame, schema: pa.Schema, digest: str, run_id: str
+    spark: SparkSession,
+    path: Location,
+    rows: DataFrame,
+    schema: pa.Schema,
+    digest: str,
+    run_id: str,
 ) -> int | None:
     """The table's version: a new one, written by Spark tasks (`write_parts`), only when
     its content differs from `rows` (`digest`). Decided from the digest its last change
@@ -507,7 +512,7 @@ def _overwrite_if_changed(
     )
 
 
-def _queue_done(spark: SparkSession, path: Path, version: int | None, know: DataFrame) -> bool:
+def _queue_done(spark: SparkSession, path: Location, version: int | None, know: DataFrame) -> bool:
     """Whether the prompts the last prepare published (`path` at `version`) are all
     answered, so an empty pending set need not be written: generate would find nothing in
     either. A Spark anti-join of that (weekly, pending-only) table against the knowledge

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -34,6 +33,7 @@ import pyarrow.compute as pc
 from jobs.plumbing import faults, schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.feature_store import online_store
+from jobs.plumbing.storage import Location
 from jobs.rules.vectors import Snapshot, batches, resolve
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def feature_rows(snapshot: Snapshot, batch: pa.Table) -> dict[str, pa.Table]:
     return out
 
 
-def _holds(path: Path, version: int) -> bool:
+def _holds(path: Location, version: int) -> bool:
     """Whether a commit of the feature table at `path` recorded vectors version `version`
     (from the log's commit metadata: no row is read)."""
     table = tables.open_table(path)

@@ -372,7 +372,7 @@ def _markdown(
 
 
 def folder(conf: Config, run_id: str) -> Path:
-    return conf.run.output_dir / "reports" / run_id
+    return conf.local_output("reports") / run_id
 
 
 def write(conf: Config, run_id: str | None = None, ages: Ages | None = None) -> Path:

@@ -26,7 +26,7 @@ TABLE_NAMES = tuple(schemas.TABLES)
 
 def _table_info(conf: Config, name: str) -> dict[str, Any]:
     path = conf.table_path(name)
-    return {"path": str(path.resolve()), "version": tables.version(path)}
+    return {"path": str(path), "version": tables.version(path)}
 
 
 def run(conf: Config, run_id: str | None = None) -> dict[str, Any]:

@@ -132,7 +132,7 @@ def test_kill_9_of_publish_between_the_offline_and_online_stores(make_config):
 
     assert kar(conf, "publish --online", fault="publish:before-online") == -signal.SIGKILL
     assert tables.version(conf.table_path("features_user")) == 0
-    assert not (conf.run.output_dir / "feast" / "online.db").exists()
+    assert not (Path(conf.run.output_dir) / "feast" / "online.db").exists()
 
     assert kar(conf, "publish --online") == 0
     assert assert_unique(conf, "features_user", ["user_id", "vectors_version"]) == 5

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +19,7 @@ import pyarrow.compute as pc
 
 from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
+from jobs.plumbing.storage import Location
 from jobs.rules import knowledge
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class TrainSample:
     sampled: bool  # True when `rows` is a sample of adapt.max_train_rows of them
 
 
-def published_version(path: Path) -> int | None:
+def published_version(path: Location) -> int | None:
     """The version of `path`'s table to read as the last completed prepare published it
     (`tables.pinned`; None if there is no table)."""
     return tables.pinned(path.parent / "stages", "prepare", path.name)
@@ -66,7 +66,7 @@ def _draws(batch: pa.Table, seed: int) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def train_sample(conf: Config, path: Path, version: int) -> TrainSample:
+def train_sample(conf: Config, path: Location, version: int) -> TrainSample:
     """The samples at `version`, or a seeded sample of exactly adapt.max_train_rows of them.
 
     Sampled when the table (counted from its log) holds more: a streamed scan keeps the

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -23,6 +22,7 @@ from jobs.adapting.training import with_embeddings, with_llm_model
 from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError
+from jobs.plumbing.storage import Location
 from jobs.rules import ctr, knowledge
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class VectorWriter:
     def __init__(
         self,
         adaptor: HybridExpertAdaptor,
-        path: Path,
+        path: Location,
         version_id: str,
         input_fp: str,
         created_at: datetime,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import yaml
@@ -26,8 +26,10 @@ from adapters.config import Backbone, TrainConf
 from encoders import ENGINES, EncoderSettings
 from jobs.llm.config import CheckSettings, LLMSettings, Status
 from jobs.llm.engines import ENGINES as LLM_ENGINES
+from jobs.plumbing import storage
 from jobs.plumbing.errors import InputError
 from jobs.plumbing.plugins import check_engine_name
+from jobs.plumbing.storage import Location
 
 
 class ConfigError(InputError):
@@ -40,7 +42,11 @@ class _Section(BaseModel):
 
 class RunConf(_Section):
     name: str = "local"
-    output_dir: Path = Path("kar-output")
+    # Where the tables, reports, models and the Feast repo go: a path, made absolute when the
+    # config is read (before any worker sees it). Tables take storage URIs (jobs/plumbing/
+    # storage.py); object stores are refused here until the run lock, reports, models and
+    # Spark's reads go through them too.
+    output_dir: str = "kar-output"
     # Converted model checkpoints and other derived assets, reused across runs.
     cache_dir: Path = Path(".cache/kar")
     seed: int = 42
@@ -51,6 +57,20 @@ class RunConf(_Section):
     # The run's cutoff: interactions at or after it are ignored, as if the run happened then
     # (replays, backfills). None: now. A time without a zone is UTC.
     as_of: datetime | None = None
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _output_dir(cls, value: object) -> str:
+        if not isinstance(value, str | PurePath):
+            raise ValueError(f"expected a path, got {value!r}")
+        where = storage.location(value)
+        if not where.is_local:
+            raise ValueError(
+                f"{where.uri}: object-store outputs are not supported by this release yet "
+                "(the run lock, reports, models and Spark's reads need a disk); set a local "
+                "or shared-disk path"
+            )
+        return where.local_path().as_posix()
 
     @field_validator("as_of")
     @classmethod
@@ -360,9 +380,21 @@ class Config(_Section):
     feature_store: FeatureStoreConf = Field(default_factory=FeatureStoreConf)
     report: ReportConf = Field(default_factory=ReportConf)
 
-    def table_path(self, name: str) -> Path:
+    def output(self, *parts: str) -> Location:
+        """A location under the run's output directory."""
+        where = storage.location(self.run.output_dir)
+        for part in parts:
+            where = where / part
+        return where
+
+    def table_path(self, name: str) -> Location:
         """Where Delta table `name` lives for this run's output directory."""
-        return self.run.output_dir / "tables" / name
+        return self.output("tables", name)
+
+    def local_output(self, *parts: str) -> Path:
+        """A local directory under the run's output directory, for outputs that are files on
+        disk (reports, models, the Feast repo, the run lock)."""
+        return self.output(*parts).local_path()
 
 
 # Keys earlier releases had: what to do with one found in a config.

@@ -69,7 +69,7 @@ def _describe(holder: dict) -> str:
 @contextmanager
 def hold(conf: Config, command: str, run_id: str) -> Iterator[Path]:
     """Hold the output directory's lock for the block; LockedError if a live run holds it."""
-    out = conf.run.output_dir
+    out = conf.local_output()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

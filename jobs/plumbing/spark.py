@@ -24,6 +24,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs.plumbing import tables
 from jobs.plumbing.config import SparkConf
+from jobs.plumbing.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def session(conf: SparkConf, app_name: str = "kar") -> SparkSession:
 
 
 def read_delta(
-    spark: SparkSession, path: Path, schema: pa.Schema, version: int | None = None
+    spark: SparkSession, path: Location, schema: pa.Schema, version: int | None = None
 ) -> DataFrame:
     """A Delta table snapshot as a Spark DataFrame (empty with `schema` if it does not exist)."""
     spark_schema = from_arrow_schema(schema)
@@ -93,7 +94,7 @@ PART_BYTES = 128 << 20
 
 
 def write_parts(
-    df: DataFrame, path: Path, schema: pa.Schema, max_bytes: int = PART_BYTES
+    df: DataFrame, path: Location, schema: pa.Schema, max_bytes: int = PART_BYTES
 ) -> list[dict[str, Any]]:
     """Write `df` as Parquet files in the table directory from Spark tasks; their PART rows.
 

@@ -1,5 +1,9 @@
 """Small verbs over Delta tables (delta-rs): read, overwrite, insert-new, commit metadata.
 
+A table is named by its location (`storage.Location`, or a path or URI that becomes one):
+delta-rs opens it with the location's storage options, workers write files through
+`pyarrow.fs` at the same URI.
+
 Every write is checked against the table's declared Arrow schema first, so a
 bad batch fails before a commit and the table keeps its last good version.
 A Delta commit is atomic: a write either lands whole or not at all.
@@ -13,7 +17,6 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -29,8 +32,12 @@ if TYPE_CHECKING:
 
 from jobs.plumbing.errors import InputError
 from jobs.plumbing.schemas import STAGES
+from jobs.plumbing.storage import Location, location
 
 log = logging.getLogger(__name__)
+
+# What names a table: its Location, or a path or URI (made a Location on the way in).
+Where = Location | str | os.PathLike[str]
 
 # A data file a worker wrote inside a table's directory, not yet part of the table: the row
 # it hands back so the driver can commit it (`commit_parts`) without ever holding its rows.
@@ -72,20 +79,21 @@ def conform(data: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def open_table(path: Path, version: int | None = None) -> DeltaTable | None:
+def open_table(path: Where, version: int | None = None) -> DeltaTable | None:
     """The Delta table at `path` (optionally at `version`), or None if none exists yet."""
+    where = location(path)
     try:
-        return DeltaTable(str(path), version=version)
+        return DeltaTable(where.uri, version=version, storage_options=where.storage_options())
     except TableNotFoundError:
         return None
 
 
-def version(path: Path) -> int | None:
+def version(path: Where) -> int | None:
     table = open_table(path)
     return None if table is None else table.version()
 
 
-def read(path: Path, schema: pa.Schema, version: int | None = None) -> pa.Table:
+def read(path: Where, schema: pa.Schema, version: int | None = None) -> pa.Table:
     """The table's rows as Arrow in the declared schema; empty if the table does not exist."""
     table = open_table(path, version)
     if table is None:
@@ -113,7 +121,7 @@ def _conform_filter(
 
 
 def dataset(
-    path: Path,
+    path: Where,
     schema: pa.Schema,
     version: int | None = None,
     columns: Sequence[str] | None = None,
@@ -132,7 +140,13 @@ def dataset(
     if table is None or not table.file_uris():
         return ray.data.from_arrow(wanted.empty_table())
     read = _with_filter_columns(schema, wanted, where)
-    ds = ray.data.read_delta(str(path), version=table.version(), columns=read.names)
+    where = location(path)
+    ds = ray.data.read_delta(
+        where.uri,
+        version=table.version(),
+        columns=read.names,
+        storage_options=where.storage_options(),
+    )
     return ds.map_batches(
         _conform_filter,
         fn_args=(read, wanted.names, where, path.name),
@@ -142,7 +156,7 @@ def dataset(
 
 
 def scan(
-    path: Path,
+    path: Where,
     schema: pa.Schema,
     version: int | None = None,
     columns: Sequence[str] | None = None,
@@ -175,7 +189,7 @@ def scan(
 
 
 def read_where(
-    path: Path,
+    path: Where,
     schema: pa.Schema,
     where: pc.Expression,
     version: int | None = None,
@@ -189,7 +203,7 @@ def read_where(
     return pa.schema([schema.field(c) for c in (columns or schema.names)]).empty_table()
 
 
-def count(path: Path, version: int | None = None) -> int:
+def count(path: Where, version: int | None = None) -> int:
     """Rows of the table from its log's file statistics (no data read); 0 if none."""
     table = open_table(path, version)
     if table is None:
@@ -216,25 +230,27 @@ def _commit(metadata: Mapping[str, str] | None) -> CommitProperties | None:
 
 
 def overwrite(
-    path: Path, data: pa.Table, schema: pa.Schema, metadata: Mapping[str, str] | None = None
+    path: Where, data: pa.Table, schema: pa.Schema, metadata: Mapping[str, str] | None = None
 ) -> int:
     """Replace the table's contents in one commit; returns the new Delta version."""
+    path = location(path)
     data = conform(data, schema, path.name)
     # schema_mode: a table written by an older release takes the declared schema.
     write_deltalake(
-        str(path),
+        path.uri,
         data,
         mode="overwrite",
         schema_mode="overwrite",
         commit_properties=_commit(metadata),
+        storage_options=path.storage_options(),
     )
-    new = DeltaTable(str(path)).version()
+    new = version(path)
     log.info("wrote %d rows to %s (version %d)", data.num_rows, path, new)
     return new
 
 
 def insert_new(
-    path: Path,
+    path: Where,
     data: pa.Table,
     schema: pa.Schema,
     keys: Sequence[str],
@@ -245,11 +261,18 @@ def insert_new(
     Idempotent: replaying the same batch after a crash adds nothing, so no key
     ever has two rows.
     """
+    path = location(path)
     data = conform(data, schema, path.name)
     table = open_table(path)
     if table is None:
-        write_deltalake(str(path), data, mode="error", commit_properties=_commit(metadata))
-        return DeltaTable(str(path)).version()
+        write_deltalake(
+            path.uri,
+            data,
+            mode="error",
+            commit_properties=_commit(metadata),
+            storage_options=path.storage_options(),
+        )
+        return version(path)
     predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     metrics = (
         table.merge(
@@ -266,7 +289,7 @@ def insert_new(
     return table.version()
 
 
-def evolve(path: Path, schema: pa.Schema) -> None:
+def evolve(path: Where, schema: pa.Schema) -> None:
     """Add the declared nullable columns an existing table lacks (tables of older releases).
 
     Old rows read as null in them; a no-op for a missing or up-to-date table.
@@ -303,7 +326,7 @@ def is_change(commit: Mapping[str, Any]) -> bool:
     return commit.get("operation") not in MAINTENANCE_OPERATIONS and CHORE_KEY not in commit
 
 
-def _newest_first(path: Path) -> Iterator[dict[str, Any]]:
+def _newest_first(path: Where) -> Iterator[dict[str, Any]]:
     """The table's commits, newest first; nothing if no table. The log is read a few
     commits at a time, so a caller that stops early reads only the commits it saw, not the
     table's whole history."""
@@ -319,12 +342,12 @@ def _newest_first(path: Path) -> Iterator[dict[str, Any]]:
         seen, limit = len(commits), limit * 4
 
 
-def changes(path: Path) -> Iterator[dict[str, Any]]:
+def changes(path: Where) -> Iterator[dict[str, Any]]:
     """The table's change commits (`is_change`), newest first; nothing if no table."""
     return (c for c in _newest_first(path) if is_change(c))
 
 
-def erased_since(path: Path, at: int) -> bool:
+def erased_since(path: Where, at: int) -> bool:
     """Whether an erasure (`ERASURE`) was committed to the table after version `at`."""
     for commit in _newest_first(path):
         if commit["version"] <= at:
@@ -334,12 +357,12 @@ def erased_since(path: Path, at: int) -> bool:
     return False
 
 
-def last_change(path: Path, at: int | None = None) -> dict[str, Any] | None:
+def last_change(path: Where, at: int | None = None) -> dict[str, Any] | None:
     """The newest change commit at or before version `at` (default: the latest), or None."""
     return next((c for c in changes(path) if at is None or c["version"] <= at), None)
 
 
-def content_version(path: Path, at: int | None = None) -> int | None:
+def content_version(path: Where, at: int | None = None) -> int | None:
     """The version of the last change at or before `at`: the table's content identity. Two
     versions with one content version hold the same rows (up to erasures), so a stage keys
     its "inputs unchanged" decision on it, never on the latest version number."""
@@ -347,7 +370,7 @@ def content_version(path: Path, at: int | None = None) -> int | None:
     return None if commit is None else int(commit["version"])
 
 
-def current_of(path: Path, at: int) -> int:
+def current_of(path: Where, at: int) -> int:
     """The newest version that holds version `at`'s rows: `at` plus the maintenance and
     erasures committed after it, before the next change. Readers of a pinned version read
     this one: its files survive a vacuum of the older ones, and it holds no erased row."""
@@ -362,14 +385,14 @@ def current_of(path: Path, at: int) -> int:
     return at if latest is None else latest
 
 
-def commit_metadata(path: Path, key: str) -> str | None:
+def commit_metadata(path: Where, key: str) -> str | None:
     """`key` from the custom metadata of the table's last change (`last_change`), if any."""
     commit = last_change(path)
     return None if commit is None else commit.get(key)
 
 
 def record_stage(
-    path: Path,
+    path: Where,
     run_id: str,
     stage: str,
     versions: Mapping[str, int],
@@ -381,11 +404,13 @@ def record_stage(
     row = {"run_id": run_id, "stage": stage, "versions": list(versions.items()), "as_of": as_of}
     row["prompts_due"] = prompts_due
     row["finished_at"] = datetime.now(UTC)
+    path = location(path)
     evolve(path, STAGES)  # a `stages` table of an older release gains the new columns
-    write_deltalake(str(path), pa.Table.from_pylist([row], schema=STAGES), mode="append")
+    rows = pa.Table.from_pylist([row], schema=STAGES)
+    write_deltalake(path.uri, rows, mode="append", storage_options=path.storage_options())
 
 
-def last_record(path: Path, stage: str) -> dict[str, Any] | None:
+def last_record(path: Where, stage: str) -> dict[str, Any] | None:
     """The `stages` row (at `path`) of the last completed `stage`, as a dict with
     `versions` a dict; None: no record, e.g. tables of an older release. A bounded read:
     one row per completed stage, filtered by stage."""
@@ -400,7 +425,7 @@ def last_record(path: Path, stage: str) -> dict[str, Any] | None:
     return {**row, "versions": dict(row["versions"])}
 
 
-def pinned(path: Path, stage: str, table: str) -> int | None:
+def pinned(path: Where, stage: str, table: str) -> int | None:
     """The version of `table` to read as the last completed `stage` published it: the one it
     recorded, carried past the maintenance and erasures since (`current_of`). The latest
     version where no stage recorded one (a table of an older release); None: no table."""
@@ -409,7 +434,7 @@ def pinned(path: Path, stage: str, table: str) -> int | None:
     return version(table_path) if at is None else current_of(table_path, at)
 
 
-def read_published(path: Path, schema: pa.Schema, stage: str) -> tuple[pa.Table, int | None]:
+def read_published(path: Where, schema: pa.Schema, stage: str) -> tuple[pa.Table, int | None]:
     """(rows, version) of `path`'s table as the last completed `stage` published it, from
     the `stages` table beside it (`pinned`)."""
     at = pinned(path.parent / "stages", stage, path.name)
@@ -436,29 +461,31 @@ def _stats(data: pa.Table) -> str:
     )
 
 
-def write_part(path: Path, data: pa.Table, schema: pa.Schema) -> dict[str, Any]:
+def write_part(path: Where, data: pa.Table, schema: pa.Schema) -> dict[str, Any]:
     """Write `data` as one new Parquet file in the table directory; return its PART row.
 
     Run by workers (Ray actors, Spark tasks): the rows go from the worker to storage and
     only this small row goes to the driver. The file is invisible to readers until the
     driver commits it; one never committed (a killed run) is removed by `vacuum`.
     """
+    path = location(path)
     data = conform(data, schema, path.name)
-    path.mkdir(parents=True, exist_ok=True)
+    fs, root = path.filesystem()
+    fs.create_dir(root, recursive=True)  # a no-op on object stores (no directories)
     name = f"part-{uuid.uuid4().hex}.parquet"
-    pq.write_table(data, path / name)
-    stat = os.stat(path / name)
+    pq.write_table(data, f"{root}/{name}", filesystem=fs)
+    info = fs.get_file_info(f"{root}/{name}")
     return {
         "file": name,
-        "size": stat.st_size,
+        "size": info.size,
         "rows": data.num_rows,
-        "modified_ms": int(stat.st_mtime * 1000),
+        "modified_ms": int(info.mtime.timestamp() * 1000),
         "stats": _stats(data),
     }
 
 
 def commit_parts(
-    path: Path,
+    path: Where,
     parts: Iterable[Mapping[str, Any]],
     schema: pa.Schema,
     *,
@@ -479,10 +506,16 @@ def commit_parts(
     delta_schema = Schema.from_arrow(schema)
     table = table or open_table(path)
     if table is None:
+        where = location(path)
         create_table_with_add_actions(
-            str(path), delta_schema, actions, mode="error", commit_properties=_commit(metadata)
+            where.uri,
+            delta_schema,
+            actions,
+            mode="error",
+            storage_options=where.storage_options(),
+            commit_properties=_commit(metadata),
         )
-        new = DeltaTable(str(path)).version()
+        new = version(where)
     else:
         table.create_write_transaction(
             actions, mode=mode, schema=delta_schema, commit_properties=_commit(metadata)
@@ -508,7 +541,7 @@ class PartCommitter:
 
     def __init__(
         self,
-        path: Path,
+        path: Where,
         schema: pa.Schema,
         every_rows: int,
         metadata: Mapping[str, str] | None = None,
@@ -544,7 +577,7 @@ class PartCommitter:
             self.after(self.version)
 
 
-def erase(path: Path, predicate: str) -> int:
+def erase(path: Where, predicate: str) -> int:
     """Delete the rows matching `predicate` (SQL) in one commit marked `ERASURE`, so stages
     look past it (`is_change`); returns the rows deleted (0 if no table)."""
     table = open_table(path)
@@ -554,7 +587,7 @@ def erase(path: Path, predicate: str) -> int:
     return int(metrics.get("num_deleted_rows", 0))
 
 
-def compact(path: Path) -> dict[str, Any]:
+def compact(path: Where) -> dict[str, Any]:
     """Rewrite the table's small files into fewer large ones (delta-rs OPTIMIZE); readers
     see the same rows. Appends of many small parts make this the weekly run's chore."""
     table = open_table(path)
@@ -565,7 +598,7 @@ def compact(path: Path) -> dict[str, Any]:
     return metrics
 
 
-def vacuum(path: Path, retention_hours: int) -> list[str]:
+def vacuum(path: Where, retention_hours: int) -> list[str]:
     """Delete files no version newer than `retention_hours` uses, and files a killed run
     wrote but never committed; returns the deleted file names."""
     table = open_table(path)

@@ -9,7 +9,6 @@ rows from exported vectors (adapters.vectors) with their provenance. Needs torch
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +20,7 @@ from adapters.moe import TOWERS, Tower
 from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError, MissingTableError
+from jobs.plumbing.storage import Location
 from jobs.rules import knowledge
 
 
@@ -75,7 +75,7 @@ def embedding_matrices(rows: pa.Table) -> dict[Tower, EntityMatrix]:
 
 
 def read_vectors(
-    path: Path,
+    path: Location,
     version: int | None = None,
     version_id: str | None = None,
     only: tuple[pa.Array, pa.Array] | None = None,

@@ -15,7 +15,6 @@ sample's users, one entity, tests).
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.plumbing import schemas, tables
+from jobs.plumbing.storage import Location
 
 if TYPE_CHECKING:
     import ray.data
@@ -38,7 +38,7 @@ ORDER = ["as_of", "window", "generated_at", "fingerprint"]
 SECONDS_PER_DAY = 86_400
 
 
-def read_usable(path: Path, columns: list[str]) -> pa.Table:
+def read_usable(path: Location, columns: list[str]) -> pa.Table:
     """`columns` (plus ENTITY and ORDER) of every usable answer, in the declared types.
 
     Answers that failed every check are kept only as a record (usable=false).
@@ -53,7 +53,7 @@ def read_usable(path: Path, columns: list[str]) -> pa.Table:
 
 
 def read_usable_of(
-    path: Path, columns: list[str], kind: str, ids: pa.Array, version: int | None = None
+    path: Location, columns: list[str], kind: str, ids: pa.Array, version: int | None = None
 ) -> pa.Table:
     """`read_usable` for the entities `ids` of `kind` only (at `version`, default latest).
 
@@ -70,7 +70,7 @@ def of_entities(kind: str, ids: pa.Array) -> pc.Expression:
     return (pc.field("kind") == kind) & pc.field("entity_id").isin(ids)
 
 
-def read_keys(path: Path) -> pa.Table:
+def read_keys(path: Location) -> pa.Table:
     """KEYS of every answer, usable or not (a bounded read: for small tables only)."""
     schema = pa.schema([schemas.KNOWLEDGE.field(k) for k in KEYS])
     table = tables.open_table(path)
@@ -117,7 +117,7 @@ def entity_draws(rows: pa.Table, seed: int) -> np.ndarray:
 
 
 def entity_sample(
-    path: Path,
+    path: Location,
     schema: pa.Schema,
     max_entities: int,
     seed: int,
@@ -145,7 +145,9 @@ def entity_sample(
     )
 
 
-def live_ages(path: Path, as_of: datetime, max_entities: int, seed: int) -> dict[str, np.ndarray]:
+def live_ages(
+    path: Location, as_of: datetime, max_entities: int, seed: int
+) -> dict[str, np.ndarray]:
     """kind -> age in days (ages_days) of the current knowledge at `as_of` of a seeded sample
     of at most about `max_entities` entities (entity_sample: a bounded read)."""
     columns = list(dict.fromkeys([*ENTITY, *ORDER]))
@@ -236,7 +238,7 @@ def partitions() -> int:
     return max(2, int(ray.cluster_resources().get("CPU", 2)))
 
 
-def current_stream(path: Path, columns: list[str], per: list[str] = ENTITY) -> ray.data.Dataset:
+def current_stream(path: Location, columns: list[str], per: list[str] = ENTITY) -> ray.data.Dataset:
     """`columns` of each `per` group's current usable answer (ORDER), as a Ray Dataset;
     `current(read_usable(...))` in stream form.
 

@@ -20,7 +20,6 @@ import argparse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +27,7 @@ import pyarrow.compute as pc
 
 from jobs.plumbing import schemas, tables
 from jobs.plumbing.errors import InputError
+from jobs.plumbing.storage import Location
 
 
 class VersionError(InputError):
@@ -40,7 +40,7 @@ class Snapshot:
     reports call the vectors version), the Delta version its rows are read at, its commit
     time and commit metadata."""
 
-    path: Path
+    path: Location
     version: int
     rows_version: int
     committed_at: datetime
@@ -74,7 +74,7 @@ def add_selector_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _publishes(path: Path) -> list[dict[str, Any]]:
+def _publishes(path: Location) -> list[dict[str, Any]]:
     """The publishes of the vectors table, oldest first (the change commits: every other
     commit is maintenance or an erasure)."""
     publishes = list(tables.changes(path))
@@ -85,7 +85,7 @@ def _publishes(path: Path) -> list[dict[str, Any]]:
     return publishes[::-1]
 
 
-def _snapshot(path: Path, publishes: list[dict[str, Any]], index: int) -> Snapshot:
+def _snapshot(path: Location, publishes: list[dict[str, Any]], index: int) -> Snapshot:
     commit = publishes[index]
     skip = {"timestamp", "operation", "operationParameters", "operationMetrics", "version"}
     meta = {
@@ -102,7 +102,7 @@ def _snapshot(path: Path, publishes: list[dict[str, Any]], index: int) -> Snapsh
     )
 
 
-def latest(path: Path) -> Snapshot | None:
+def latest(path: Location) -> Snapshot | None:
     """The live (last published) vectors version, or None before the first publish."""
     try:
         return resolve(path)
@@ -110,7 +110,7 @@ def latest(path: Path) -> Snapshot | None:
         return None
 
 
-def resolve(path: Path, version: int | None = None, as_of: datetime | None = None) -> Snapshot:
+def resolve(path: Location, version: int | None = None, as_of: datetime | None = None) -> Snapshot:
     """The vectors version asked for: `version`, the one live at `as_of`, or the latest."""
     publishes = _publishes(path)
     if version is not None:
@@ -183,7 +183,7 @@ def describe(snapshot: Snapshot, entities: list[str] | None = None) -> dict[str,
         for row in counts:
             kinds[row["kind"]] = kinds.get(row["kind"], 0) + row["kind_count"]
     out: dict[str, Any] = {
-        "path": str(snapshot.path.resolve()),
+        "path": str(snapshot.path),
         "version": snapshot.version,
         "committed_at": snapshot.committed_at.isoformat(),
         "version_ids": sorted(seen["version_id"]),

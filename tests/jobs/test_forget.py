@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -36,9 +37,9 @@ def write_tables(conf) -> None:
         tables.overwrite(conf.table_path(name), table_of(name, table_rows), schemas.TABLES[name])
     vecs = vectors_table({key: np.full(4, i, np.float32) for i, key in enumerate(entities)})
     tables.overwrite(conf.table_path("vectors"), vecs, schemas.VECTORS)
-    evaluate_vectors = conf.run.output_dir / "evaluate" / "tables" / "vectors"
+    evaluate_vectors = Path(conf.run.output_dir) / "evaluate" / "tables" / "vectors"
     tables.overwrite(evaluate_vectors, vecs, schemas.VECTORS)
-    (conf.run.output_dir / "evaluate" / "cache").mkdir(parents=True)
+    (Path(conf.run.output_dir) / "evaluate" / "cache").mkdir(parents=True)
     publish.run(conf, online=True)
 
 
@@ -46,7 +47,7 @@ def holds(conf, kind: str, entity_id: str) -> list[str]:
     """Tables (and the online store) that still hold a row of the entity."""
     found = []
     paths = [conf.table_path(n) for n in ("prompts", "knowledge", "embeddings", "vectors")]
-    paths += [conf.table_path("attributes"), conf.run.output_dir / "evaluate/tables/vectors"]
+    paths += [conf.table_path("attributes"), Path(conf.run.output_dir) / "evaluate/tables/vectors"]
     for path in paths:
         t = tables.open_table(path).to_pyarrow_table()
         mine = pc.and_(pc.equal(t["kind"], kind), pc.equal(t["entity_id"], entity_id))
@@ -84,7 +85,7 @@ def forget_and_check(conf, capsys, kind: str, entity_id: str) -> None:
     # 7 tables, evaluate's vectors and the online row: the check can fail.
     assert len(everywhere) == 9
 
-    conf_file = conf.run.output_dir / "conf.yaml"
+    conf_file = Path(conf.run.output_dir) / "conf.yaml"
     conf_file.write_text(json.dumps(conf.model_dump(mode="json")))
     cli.main(["forget", "--conf", str(conf_file), f"--{kind}", entity_id])
     out = capsys.readouterr()
@@ -93,7 +94,7 @@ def forget_and_check(conf, capsys, kind: str, entity_id: str) -> None:
     assert holds(conf, kind, entity_id) == []
     assert result["online_deleted"] is True and len(result["deleted"]) == 8
     assert "VACUUM delta.`" in out.err and "RETAIN 168 HOURS" in out.err
-    assert not (conf.run.output_dir / "evaluate" / "cache").exists()
+    assert not (Path(conf.run.output_dir) / "evaluate" / "cache").exists()
     others = [("user", u) for u in USERS] + [("item", i) for i in ITEMS]
     for other in others:
         if other != (kind, entity_id):

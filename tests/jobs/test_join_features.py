@@ -52,7 +52,7 @@ def test_resolve_by_version_as_of_and_latest(conf):
     with pytest.raises(VersionError, match=r"no published version 7; .* versions are 0, 1 "):
         vectors.resolve(path, version=7)
     with pytest.raises(VersionError, match="no vectors table"):
-        vectors.resolve(path.with_name("nothing"))
+        vectors.resolve(path.parent / "nothing")
 
 
 def test_kar_vectors_shows_what_was_served(conf, capsys):

@@ -4,6 +4,8 @@ real redis-server from Debian's package)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -99,7 +101,7 @@ def test_publish_online_redis_round_trip(make_config, redis_server):
     assert publish.run(conf, online=True).online_store == "redis"
     host, port = redis_server.split(":")
     assert redis.Redis(host=host, port=int(port)).dbsize() == N_USERS + N_ITEMS
-    assert not (conf.run.output_dir / "feast" / "online.db").exists()
+    assert not (Path(conf.run.output_dir) / "feast" / "online.db").exists()
     assert_online_equals_delta(conf)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_report_drift_splits_unchanged_from_changed(make_config, capsys):
     write_answers(conf, "run-2", [("user", "ok")] * 4 + [("item", "length")])
 
     path = report.write(conf)
-    assert path == conf.run.output_dir / "reports" / "run-2" / "report.md"
+    assert path == Path(conf.run.output_dir) / "reports" / "run-2" / "report.md"
     for name in report.PLOTS:
         png = (path.parent / f"{name}.png").read_bytes()
         assert png.startswith(PNG_MAGIC) and len(png) > 5000, name
@@ -93,7 +94,7 @@ def test_report_drift_splits_unchanged_from_changed(make_config, capsys):
     assert "## Knowledge age" in text and "| user | 4 |" in text and "| item | 1 |" in text
 
     # Rebuilding (kar report) replaces the folder whole and prints where it is.
-    conf_file = conf.run.output_dir / "conf.yaml"
+    conf_file = Path(conf.run.output_dir) / "conf.yaml"
     conf_file.write_text(json.dumps({"run": {"output_dir": str(conf.run.output_dir)}}))
     cli.main(["report", "--conf", str(conf_file), "--run-id", "run-2"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -11,7 +11,8 @@ def test_local_yaml_is_valid_and_typed():
     assert conf.data.format == "movielens-100k"
     assert conf.llm.max_new_tokens == 64
     assert conf.adapt.adaptor.hidden == [128]
-    assert conf.table_path("vectors") == Path("kar-output/tables/vectors")
+    # A relative output_dir is made absolute when the config is read, before workers see it.
+    assert conf.table_path("vectors").uri == str(Path.cwd() / "kar-output" / "tables" / "vectors")
 
 
 def test_override_parses_yaml_values():
