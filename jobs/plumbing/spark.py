@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +23,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs.plumbing import tables
 from jobs.plumbing.config import SparkConf
-from jobs.plumbing.storage import Location
+from jobs.plumbing.storage import Location, location
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def write_parts(
     mount on a cluster); files of failed or speculative task attempts are never
     committed and go at the next `tables.vacuum`.
     """
-    target = str(path.absolute())
+    target = location(path)  # made absolute here, in the driver, not in each task
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         buffered: list[pa.RecordBatch] = []
@@ -125,6 +124,8 @@ def write_parts(
     return [row.asDict() for row in rows]
 
 
-def _write_part(target: str, batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
-    part = tables.write_part(Path(target), pa.Table.from_batches(batches), schema)
+def _write_part(
+    target: Location, batches: list[pa.RecordBatch], schema: pa.Schema
+) -> pa.RecordBatch:
+    part = tables.write_part(target, pa.Table.from_batches(batches), schema)
     return pa.RecordBatch.from_pylist([part], schema=tables.PART)

@@ -288,7 +288,7 @@ def test_tables_are_committed_from_files_spark_tasks_wrote(spark, ml100k, make_c
         table = tables.read(conf.table_path(name), schemas.TABLES[name])
         assert sum(files.values()) == table.num_rows == (rows or table.num_rows), name
         for file in files:  # written by the tasks in the declared types, nullability included
-            written = pq.read_schema(conf.table_path(name) / file).remove_metadata()
+            written = pq.read_schema((conf.table_path(name) / file).uri).remove_metadata()
             assert written.equals(schemas.TABLES[name]), name
     # One file per Spark partition: the driver committed the tasks' files, it wrote none.
     # (prompts are deduplicated by key first, a shuffle Spark may coalesce to one partition
