@@ -81,9 +81,9 @@ def conform(data: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
 
 def open_table(path: Where, version: int | None = None) -> DeltaTable | None:
     """The Delta table at `path` (optionally at `version`), or None if none exists yet."""
-    where = location(path)
+    loc = location(path)
     try:
-        return DeltaTable(where.uri, version=version, storage_options=where.storage_options())
+        return DeltaTable(loc.uri, version=version, storage_options=loc.storage_options())
     except TableNotFoundError:
         return None
 
@@ -140,12 +140,12 @@ def dataset(
     if table is None or not table.file_uris():
         return ray.data.from_arrow(wanted.empty_table())
     read = _with_filter_columns(schema, wanted, where)
-    where = location(path)
+    loc = location(path)
     ds = ray.data.read_delta(
-        where.uri,
+        loc.uri,
         version=table.version(),
         columns=read.names,
-        storage_options=where.storage_options(),
+        storage_options=loc.storage_options(),
     )
     return ds.map_batches(
         _conform_filter,
@@ -506,16 +506,16 @@ def commit_parts(
     delta_schema = Schema.from_arrow(schema)
     table = table or open_table(path)
     if table is None:
-        where = location(path)
+        loc = location(path)
         create_table_with_add_actions(
-            where.uri,
+            loc.uri,
             delta_schema,
             actions,
             mode="error",
-            storage_options=where.storage_options(),
+            storage_options=loc.storage_options(),
             commit_properties=_commit(metadata),
         )
-        new = version(where)
+        new = version(loc)
     else:
         table.create_write_transaction(
             actions, mode=mode, schema=delta_schema, commit_properties=_commit(metadata)

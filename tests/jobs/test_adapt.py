@@ -349,7 +349,7 @@ def test_distributed_export_writes_the_same_vectors_as_the_arrow_path(make_confi
     forced = make_config("adapt.epochs=1", "ray.local_rows=0")
     parts = vector_export.export_vectors(forced, adaptor, versions, "run-1", input_fp)
     assert sum(p["rows"] for p in parts) == arrow_rows.num_rows
-    ray_rows = pa.concat_tables(pq.read_table(path / p["file"]) for p in parts)
+    ray_rows = pa.concat_tables(pq.read_table((path / p["file"]).uri) for p in parts)
 
     def by_key(rows: pa.Table) -> dict:
         return {(r["kind"], r["entity_id"]): r for r in rows.to_pylist()}
