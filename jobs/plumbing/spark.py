@@ -47,7 +47,7 @@ SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 def shuffle_partitions(parallelism: int) -> int:
     """Shuffle partitions for a cluster of `parallelism` task slots: three per slot (Spark's
     tuning guide suggests 2-3 tasks per core), at least 8. Spark's own default (200) made
-    the embedded default's small prepare slower on 2 cores; a fixed 8 would give a
+    a prepare of 8 users about twice as slow on 2 cores (one run); a fixed 8 would give a
     10^8-user shuffle 10^7 rows per task."""
     return max(8, 3 * parallelism)
 
