@@ -152,7 +152,8 @@ def weeks(ray_head, kar_home: Path, ml100k: Path, tmp_path_factory: pytest.TempP
         "states": task_states(home),
         "first": first,
         "second": content_versions(conf),
-        "outputs": outputs,
+        # Each week's `dags test` output (the tasks' logs included).
+        "logs": [proc.stdout + proc.stderr for proc in outputs],
         "token": ray_env["RAY_AUTH_TOKEN"],
     }
 
@@ -164,7 +165,7 @@ def test_both_weekly_dag_runs_succeed_on_the_ray_cluster(weeks):
         assert tasks == dict.fromkeys(TASKS, "success"), run_id
     # prepare ran under spark-submit with the connection's master, which wins over the
     # config's spark.master (local[*]); spark-submit merges the driver's log into its output.
-    first_week = weeks["outputs"][0].stdout + weeks["outputs"][0].stderr
+    first_week = weeks["logs"][0]
     assert "spark session: master local[2]" in first_week
     assert "(from spark-submit: spark.master" in first_week
     conf = weeks["conf"]
@@ -180,7 +181,7 @@ def test_both_weekly_dag_runs_succeed_on_the_ray_cluster(weeks):
 def test_a_week_with_nothing_new_writes_nothing_but_maintenance(weeks):
     conf = weeks["conf"]
     # The first week's maintain compacted and vacuumed, so the checks below can fail.
-    first_week = weeks["outputs"][0].stdout + weeks["outputs"][0].stderr
+    first_week = weeks["logs"][0]
     deleted = [
         int(n) for n in re.findall(r"maintain: compacted \d+ files, deleted (\d+)", first_week)
     ]
@@ -198,7 +199,7 @@ def test_a_week_with_nothing_new_writes_nothing_but_maintenance(weeks):
 def test_the_ray_token_is_in_no_log_or_command(weeks):
     token = weeks["token"]
     # `dags test` runs the tasks in its own process: their logs are its output.
-    logs = "".join(proc.stdout + proc.stderr for proc in weeks["outputs"])
+    logs = "".join(weeks["logs"])
     assert "ray job submit" in logs and "succeeded" in logs  # so the check can fail
     assert token not in logs
     with sqlite3.connect(weeks["home"] / "airflow.db") as db:

@@ -56,12 +56,12 @@ def _task_slots(spark: SparkSession) -> int:
     """The cluster's task slots: executors x cores when the submission fixes them, else the
     cores registered so far (with dynamic allocation, fewer than the cluster will have:
     such a cluster sets spark.sql.shuffle.partitions in `spark.conf`)."""
-    sc = spark.sparkContext
-    executors = sc.getConf().get("spark.executor.instances")
-    cores = sc.getConf().get("spark.executor.cores")
+    settings = spark.sparkContext.getConf()  # a copy of the JVM's conf: taken once
+    executors = settings.get("spark.executor.instances")
+    cores = settings.get("spark.executor.cores")
     if executors and cores:
         return int(executors) * int(cores)
-    return sc.defaultParallelism
+    return spark.sparkContext.defaultParallelism
 
 
 def session(conf: SparkConf, app_name: str = "kar") -> SparkSession:
