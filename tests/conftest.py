@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import object_store
 import pytest
 from suite_paths import CACHE, ROOT
 
@@ -82,7 +83,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 # Fixtures that start an engine: a test using one is in the `engines` lane, not `make check`'s.
-ENGINE_FIXTURES = {"spark", "ray_local", "ray_head", "redis_server"}
+ENGINE_FIXTURES = {"spark", "ray_local", "ray_head", "redis_server", "s3_server", "s3"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -232,6 +233,24 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object_store.S3Server]:
+    """One real S3-compatible server (SeaweedFS) on loopback for the whole session."""
+    proc, server = object_store.start(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        object_store.stop(proc)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> object_store.S3Server:
+    """The session's S3 server, with its endpoint and credentials in this test's environment."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
 
 
 @pytest.fixture(scope="session")

@@ -42,12 +42,12 @@ class _Section(BaseModel):
 
 class RunConf(_Section):
     name: str = "local"
-    # Where the tables, reports, models and the Feast repo go: a path, made absolute when the
-    # config is read (before any worker sees it). Tables take storage URIs (jobs/plumbing/
-    # storage.py); object stores are refused here until the run lock, reports, models and
-    # Spark's reads go through them too.
+    # Where the tables, reports and models go: a path (made absolute when the config is
+    # read, before any worker sees it) or an object-store URI (s3://, gs://, abfss://); see
+    # jobs/plumbing/storage.py and the `storage` section.
     output_dir: str = "kar-output"
-    # Converted model checkpoints and other derived assets, reused across runs.
+    # Node-local scratch: converted model checkpoints and other derived assets, reused across
+    # runs. The one location that is always a plain path.
     cache_dir: Path = Path(".cache/kar")
     seed: int = 42
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -64,13 +64,7 @@ class RunConf(_Section):
         if not isinstance(value, str | PurePath):
             raise ValueError(f"expected a path, got {value!r}")
         where = storage.location(value)
-        if not where.is_local:
-            raise ValueError(
-                f"{where.uri}: object-store outputs are not supported by this release yet "
-                "(the run lock, reports, models and Spark's reads need a disk); set a local "
-                "or shared-disk path"
-            )
-        return where.local_path().as_posix()
+        return where.local_path().as_posix() if where.is_local else where.uri
 
     @field_validator("as_of")
     @classmethod
@@ -364,8 +358,32 @@ class ReportConf(_Section):
     max_entities: int = Field(default=200_000, gt=0)
 
 
+class StorageConf(_Section):
+    """How the job reaches run.output_dir when it is an object store.
+
+    Credentials and endpoints come from each cloud SDK's environment (AWS_ENDPOINT_URL,
+    AWS_REGION, AWS_ACCESS_KEY_ID/..., GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*);
+    nothing here is needed for them.
+    """
+
+    # Non-secret object_store settings (the keys delta-rs and obstore share, e.g.
+    # aws_endpoint, aws_region, aws_allow_http, google_bucket). A credential key is refused.
+    options: dict[str, str] = Field(default_factory=dict)
+    # The run lock on an object store: its holder renews it every third of this; a holder
+    # silent this long (its node lost) is taken over with a warning. Local disks use flock.
+    lock_lease_s: int = Field(default=300, ge=3)
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, value: object) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of settings, got {value!r}")
+        return storage.check_options(value)
+
+
 class Config(_Section):
     run: RunConf = Field(default_factory=RunConf)
+    storage: StorageConf = Field(default_factory=StorageConf)
     data: DataConf = Field(default_factory=DataConf)
     prepare: PrepareConf = Field(default_factory=PrepareConf)
     refresh: RefreshConf = Field(default_factory=RefreshConf)
@@ -382,7 +400,7 @@ class Config(_Section):
 
     def output(self, *parts: str) -> Location:
         """A location under the run's output directory."""
-        where = storage.location(self.run.output_dir)
+        where = storage.location(self.run.output_dir, self.storage.options)
         for part in parts:
             where = where / part
         return where
@@ -412,6 +430,8 @@ def _format_errors(source: str, err: ValidationError) -> str:
             lines.append(f"  {path}: {REMOVED_KEYS[path]}")
         elif e["type"] == "extra_forbidden":
             lines.append(f"  {path}: unknown key (check the spelling; see conf/local.yaml)")
+        elif path.startswith("storage.options"):  # may hold a secret: never echoed
+            lines.append(f"  {path}: {e['msg']}")
         else:
             lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

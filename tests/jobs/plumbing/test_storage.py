@@ -35,11 +35,18 @@ def test_an_unknown_scheme_names_the_uri_and_the_accepted_ones(uri, hint):
     assert uri in str(err.value) and "s3://" in str(err.value)
 
 
-def test_an_object_store_output_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+def test_an_object_store_output_dir_stays_a_uri_and_creates_nothing_local(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="run.output_dir: .*s3://bucket/out: object-store"):
-        load_config(None, ["run.output_dir=s3://bucket/out"])
+    conf = load_config(None, ["run.output_dir=s3://bucket/out", "storage.options.aws_region=eu"])
+    assert conf.table_path("knowledge").uri == "s3://bucket/out/tables/knowledge"
+    assert conf.table_path("knowledge").storage_options() == {"aws_region": "eu"}
     assert list(tmp_path.iterdir()) == []  # no local folder named after the URI
+
+
+def test_a_credential_in_storage_options_is_refused_and_not_echoed():
+    with pytest.raises(ConfigError, match="aws_secret_access_key.*environment") as err:
+        load_config(None, ["storage.options.aws_secret_access_key=hunter2hunter2"])
+    assert "hunter2" not in str(err.value)
 
 
 def test_a_table_at_a_file_uri_is_written_by_parts_and_read_back(tmp_path):
