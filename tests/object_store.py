@@ -79,7 +79,8 @@ def start(workdir: Path) -> tuple[subprocess.Popen, S3Server]:
     args = [
         weed, "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-s3.config={config}", f"-bucket={BUCKET}", "-admin.ui=false", "-webdav=false",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false", "-master.volumeSizeLimitMB=64",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
+        "-master.volumeSizeLimitMB=64",
         *(f"-{k}={v}" for k, v in ports.items()),
     ]  # fmt: skip
     (workdir / "data").mkdir()

@@ -155,6 +155,11 @@ def test_an_expired_lease_is_taken_over_by_one_of_two_racing_runs(s3, caplog):
     assert "lease ran out" in caplog.text
 
 
+def refused(conf, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match), lock.hold(conf, "run", "refused"):
+        pass
+
+
 def test_a_live_holder_renews_its_lease_and_keeps_the_lock(s3):
     out = s3.uri("renew")
     conf = load_config(None, [f"run.output_dir={out}", "storage.lock_lease_s=3"])
@@ -165,26 +170,18 @@ def test_a_live_holder_renews_its_lease_and_keeps_the_lock(s3):
             lambda: fs.get_file_info(f"{root}/{lock.LOCK_FILE}").mtime > first, "a renewal", 30
         )
         time.sleep(3.5)  # longer than the lease: only renewals keep it
-        with pytest.raises(lock.LockedError, match="in use by run 'long-run'"):
-            with lock.hold(conf, "run", "impatient"):
-                pass
+        refused(conf, lock.LockedError, "in use by run 'long-run'")
 
 
 def test_a_store_that_cannot_be_written_is_named_before_any_work(s3, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     missing = load_config(None, ["run.output_dir=s3://no-such-bucket/out"])
-    with pytest.raises(storage.StorageError, match="s3://no-such-bucket/out.*bucket"):
-        with lock.hold(missing, "run", "r"):
-            pass
+    refused(missing, storage.StorageError, "s3://no-such-bucket/out.*bucket")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     ours = load_config(None, [f"run.output_dir={s3.uri('denied')}"])
-    with pytest.raises(storage.StorageError, match="AWS_SECRET_ACCESS_KEY"):
-        with lock.hold(ours, "run", "r"):
-            pass
+    refused(ours, storage.StorageError, "AWS_SECRET_ACCESS_KEY")
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))  # a port nothing listens on
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed.getsockname()[1]}")
-        with pytest.raises(storage.StorageError, match="cannot be reached: check AWS_ENDPOINT_URL"):
-            with lock.hold(ours, "run", "r"):
-                pass
+        refused(ours, storage.StorageError, "cannot be reached: check AWS_ENDPOINT_URL")
     assert list(tmp_path.iterdir()) == []  # no local folder named after the URI
