@@ -12,8 +12,8 @@ per tower) and an MLP per tower (one expert, no gate), chosen by `conf.kind`.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+import os
+from typing import BinaryIO, Literal
 
 import torch
 from torch import nn
@@ -99,9 +99,9 @@ class HybridExpertAdaptor(nn.Module):
         hidden = "x".join(str(h) for h in c.hidden) or "none"
         return f"{c.kind}({c.tag}hidden={hidden},out={c.out_dim})"
 
-    def save(self, path: Path, **metadata: str) -> None:
-        """Weights plus what rebuilds the module, so new entities can be encoded later."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, f: str | os.PathLike[str] | BinaryIO, **metadata: str) -> None:
+        """Weights plus what rebuilds the module, so new entities can be encoded later.
+        `f`: a file path or a writable binary file (a buffer bound for an object store)."""
         torch.save(
             {
                 "conf": self.conf.model_dump(mode="json"),
@@ -110,13 +110,13 @@ class HybridExpertAdaptor(nn.Module):
                 "state_dict": self.state_dict(),
                 "metadata": metadata,
             },
-            path,
+            f,
         )
 
     @classmethod
-    def load(cls, path: Path) -> HybridExpertAdaptor:
+    def load(cls, f: str | os.PathLike[str] | BinaryIO) -> HybridExpertAdaptor:
         """The adaptor saved by `save`, in eval mode."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(f, map_location="cpu", weights_only=True)
         adaptor = cls(AdaptorConf(**ckpt["conf"]), ckpt["user_dim"], ckpt["item_dim"])
         adaptor.load_state_dict(ckpt["state_dict"])
         return adaptor.eval()

@@ -35,11 +35,11 @@ since the last decision, it trains nothing and writes nothing.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +54,7 @@ from jobs.adapting import training, vector_export
 from jobs.plumbing import faults, schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError, MissingTableError
+from jobs.plumbing.storage import Location
 from jobs.rules import ctr, knowledge, vectors
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,9 @@ class AdaptResult:
     sampled: bool = False
 
 
-def adaptor_checkpoint(conf: Config, version_id: str) -> Path:
+def adaptor_checkpoint(conf: Config, version_id: str) -> Location:
     """Where the adaptor behind vectors version `version_id` is saved (for new entities)."""
-    return conf.local_output("models") / f"adaptor-{version_id}.pt"
+    return conf.output("models", f"adaptor-{version_id}.pt")
 
 
 def input_fingerprint(conf: Config, versions: dict[str, int | None], samples_total: int) -> str:
@@ -348,7 +349,9 @@ def _publish(
     and commit them all in one overwrite: the vectors table is one version per adapt, and a
     run killed before the commit leaves the live version as it was."""
     checkpoint = adaptor_checkpoint(conf, run_id)
-    trained.adaptor.save(checkpoint, input_fingerprint=input_fp, version_id=run_id)
+    buffer = io.BytesIO()
+    trained.adaptor.save(buffer, input_fingerprint=input_fp, version_id=run_id)
+    checkpoint.write_bytes(buffer.getvalue())
     parts = vector_export.export_vectors(conf, trained.adaptor, versions, run_id, input_fp)
     faults.point("adapt:before-vectors")
     version = tables.commit_parts(
@@ -391,19 +394,15 @@ def _vector_prompts(conf: Config, version: int, know: pa.Table, users: pa.Array)
     )
 
 
-def _rejection_path(conf: Config, input_fp: str) -> Path:
-    return conf.local_output("models") / f"gate-rejected-{input_fp[:16]}.json"
+def _rejection_path(conf: Config, input_fp: str) -> Location:
+    return conf.output("models", f"gate-rejected-{input_fp[:16]}.json")
 
 
 def _remember_rejection(conf: Config, input_fp: str, result: dict) -> None:
     """So a rerun with the same inputs repeats the decision instead of retraining."""
-    path = _rejection_path(conf, input_fp)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
+    _rejection_path(conf, input_fp).write_bytes(json.dumps(result).encode())
 
 
 def _rejection(conf: Config, input_fp: str) -> dict | None:
-    path = _rejection_path(conf, input_fp)
-    return json.loads(path.read_text()) if path.is_file() else None
+    data = _rejection_path(conf, input_fp).read_bytes()
+    return None if data is None else json.loads(data)

@@ -29,7 +29,6 @@ live and the previous vectors version. Tables smaller than that are read whole.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +42,7 @@ import pyarrow.compute as pc
 from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError
+from jobs.plumbing.storage import Location
 from jobs.rules import knowledge, vectors
 
 log = logging.getLogger(__name__)
@@ -371,15 +371,16 @@ def _markdown(
     return "\n".join(lines)
 
 
-def folder(conf: Config, run_id: str) -> Path:
-    return conf.local_output("reports") / run_id
+def folder(conf: Config, run_id: str) -> Location:
+    return conf.output("reports", run_id)
 
 
-def write(conf: Config, run_id: str | None = None, ages: Ages | None = None) -> Path:
+def write(conf: Config, run_id: str | None = None, ages: Ages | None = None) -> Location:
     """Build the report of `run_id` (default: the latest run) and return its report.md.
 
     `ages`: the live knowledge's ages when the caller has read them (knowledge_ages).
-    Written into a temp folder and swapped in whole, so a reader never sees half a report.
+    Drawn in node-local scratch, then copied to the output location with report.md last,
+    so a reader who opens report.md finds its plots in place.
     """
     run = _run_row(conf, run_id)
     answers = _run_answers(conf, run["run_id"])
@@ -393,15 +394,9 @@ def write(conf: Config, run_id: str | None = None, ages: Ages | None = None) -> 
         norms, d = _norms(rows), drift(conf, live, rows)
     ages = ages or knowledge_ages(conf)
     target = folder(conf, run["run_id"])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{run['run_id']}-", dir=target.parent))
-    try:
-        _plots(staging, run, answers, ages, norms, d)
-        (staging / "report.md").write_text(_markdown(run, ages, live, norms, d))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="kar-report-") as scratch:
+        _plots(Path(scratch), run, answers, ages, norms, d)
+        target.upload(Path(scratch))
+    (target / "report.md").write_bytes(_markdown(run, ages, live, norms, d).encode())
     log.info("run report: %s", target / "report.md")
     return target / "report.md"

@@ -82,7 +82,7 @@ def run(conf: Config, run_id: str | None = None) -> dict[str, Any]:
             "total": round(seconds["total"], 1),
         },
         "accounting": cost,
-        "report": str(report.write(conf, run_id, ages).resolve()),
+        "report": str(report.write(conf, run_id, ages)),
     }
     log.info("run %s done in %.0f s", run_id, summary["stage_seconds"]["total"])
     return summary

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark import SparkConf as JavaSparkConf
 from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
@@ -110,7 +111,33 @@ def read_delta(
     files = table.file_uris() if table is not None else []
     if not files:
         return spark.createDataFrame([], spark_schema)
-    return spark.read.schema(spark_schema).parquet(*files)
+    where = location(path)
+    if where.is_local:
+        return spark.read.schema(spark_schema).parquet(*files)
+    return _read_in_tasks(spark, where, files, schema)
+
+
+def _read_in_tasks(
+    spark: SparkSession, where: Location, files: list[str], schema: pa.Schema
+) -> DataFrame:
+    """The files of an object-store table read by Spark tasks through `pyarrow.fs`.
+
+    Spark's own reader goes through Hadoop's file systems, and a cluster may have no
+    connector for the store (no Maven here for hadoop-aws); the tasks read the files the
+    way Ray's workers do. The driver holds the file list only (what delta-rs gives it).
+    """
+    slices = max(1, min(len(files), _task_slots(spark)))
+    listing = spark.sparkContext.parallelize([(f,) for f in files], slices)
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for uri in batch.column("file").to_pylist():
+                fs, file = Location(uri, where.options).filesystem()
+                for chunk in pq.ParquetFile(file, filesystem=fs).iter_batches():
+                    rows = tables.conform(pa.Table.from_batches([chunk]), schema, where.name)
+                    yield from rows.to_batches()
+
+    return spark.createDataFrame(listing, "file string").mapInArrow(read, from_arrow_schema(schema))
 
 
 # A Spark task writes a file once it buffered this much Arrow data (or its partition ended).
@@ -125,10 +152,10 @@ def write_parts(
     Each task conforms its Arrow batches to the declared `schema` (`tables.write_part`
     casts and checks nulls) and writes one file per partition, or per `max_bytes` of
     Arrow data, so no row reaches the driver: it collects one small row per file and
-    commits them (`tables.commit_parts`). Empty partitions write nothing. The table
-    directory must be reachable from every executor (local disk in local mode, a shared
-    mount on a cluster); files of failed or speculative task attempts are never
-    committed and go at the next `tables.vacuum`.
+    commits them (`tables.commit_parts`). Empty partitions write nothing. Tasks write
+    through `pyarrow.fs` at the table's URI (an object store, or local disk in local mode);
+    files of failed or speculative task attempts are never committed and go at the next
+    `tables.vacuum`.
     """
     target = location(path)  # made absolute here, in the driver, not in each task
 

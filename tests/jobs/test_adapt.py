@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -126,7 +127,9 @@ def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config):
     # The stored vectors are exactly the saved adaptor's towers applied to the texts.
     checkpoint = tables.commit_metadata(path, "adaptor_checkpoint")
     assert checkpoint == str(adapt.adaptor_checkpoint(conf, "run-1"))
-    adaptor = HybridExpertAdaptor.load(adapt.adaptor_checkpoint(conf, "run-1"))
+    adaptor = HybridExpertAdaptor.load(
+        io.BytesIO(adapt.adaptor_checkpoint(conf, "run-1").read_bytes())
+    )
     for kind in ("user", "item"):
         mine = [r for r in rows if r["kind"] == kind]
         x = torch.from_numpy(np.stack([current[(kind, r["entity_id"])] for r in mine]))
@@ -343,7 +346,9 @@ def test_distributed_export_writes_the_same_vectors_as_the_arrow_path(make_confi
     adapt.run(conf, "run-1")  # small tables: the Arrow path
     arrow_rows = tables.read(path, schemas.VECTORS)
 
-    adaptor = HybridExpertAdaptor.load(adapt.adaptor_checkpoint(conf, "run-1"))
+    adaptor = HybridExpertAdaptor.load(
+        io.BytesIO(adapt.adaptor_checkpoint(conf, "run-1").read_bytes())
+    )
     versions, _ = adapt._versions(conf)
     input_fp = arrow_rows.column("input_fingerprint")[0].as_py()
     forced = make_config("adapt.epochs=1", "ray.local_rows=0")
@@ -363,3 +368,8 @@ def test_distributed_export_writes_the_same_vectors_as_the_arrow_path(make_confi
                 np.testing.assert_allclose(row["vector"], want["vector"], rtol=1e-5, atol=1e-6)
             elif column != "created_at":
                 assert row[column] == want[column], (key, column)
+
+
+def load_adaptor(conf, run_id: str) -> HybridExpertAdaptor:
+    """The adaptor `adapt` saved for vectors version `run_id` (read from its location)."""
+    return HybridExpertAdaptor.load(io.BytesIO(adapt.adaptor_checkpoint(conf, run_id).read_bytes()))

@@ -69,7 +69,7 @@ def test_report_drift_splits_unchanged_from_changed(make_config, capsys):
     record_run(conf, "run-2")
     write_answers(conf, "run-2", [("user", "ok")] * 4 + [("item", "length")])
 
-    path = report.write(conf)
+    path = Path(report.write(conf).uri)
     assert path == Path(conf.run.output_dir) / "reports" / "run-2" / "report.md"
     for name in report.PLOTS:
         png = (path.parent / f"{name}.png").read_bytes()
@@ -106,7 +106,7 @@ def test_first_version_has_no_drift_and_unknown_run_names_the_fix(make_config):
     conf = make_config()
     publish(conf, {("user", "1"): ("fp", np.ones(DIM))})
     record_run(conf, "run-1")
-    path = report.write(conf, "run-1")
+    path = Path(report.write(conf, "run-1").uri)
     assert "First published version: nothing to compare with." in path.read_text()
     with pytest.raises(InputError, match="--run-id"):
         report.write(conf, "no-such-run")
@@ -129,7 +129,7 @@ def test_stages_run_apart_under_one_run_id_make_one_report(make_config):
         row = accounting.runs_row(conf, "dag-run-7", command, gen, seconds, started)
         accounting.record(conf, row)
 
-    text = report.write(conf, "dag-run-7").read_text()
+    text = report.write(conf, "dag-run-7").read_bytes().decode()
     assert "`kar prepare, generate, encode, adapt`" in text
     for stage, seconds in [("prepare", 20.0), ("generate", 30.0), ("encode", 3.5), ("adapt", 2.0)]:
         assert f"| {stage} | {seconds:.1f} |" in text
