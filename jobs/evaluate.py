@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -55,10 +56,11 @@ from adapters.moe import TOWERS, HybridExpertAdaptor, Tower
 from adapters.train import BACKBONES, KarMode, TrainResult, train_and_evaluate
 from adapters.vectors import export
 from encoders.inputs import encoder_input
-from jobs.plumbing import schemas, tables
+from jobs.plumbing import schemas, storage, tables
 from jobs.plumbing.config import Backbone, Config
 from jobs.plumbing.errors import InputError
 from jobs.plumbing.models import resolve_model
+from jobs.plumbing.storage import Location
 from jobs.rules import ctr, knowledge
 
 log = logging.getLogger(__name__)
@@ -242,7 +244,7 @@ def text_matrices(
 def _frozen_vectors(
     adaptor: HybridExpertAdaptor,
     matrices: dict[Tower, EntityMatrix],
-    path: Path,
+    path: Location,
     version_id: str,
     llm: str,
     enc: str,
@@ -271,8 +273,8 @@ def run(conf: Config) -> dict:
     """Train every configured row for every seed; write report.md, lift.png, results.json."""
     started = time.monotonic()
     ev = conf.evaluate
-    work_dir = conf.local_output("evaluate")  # encoder cache and exported vectors
-    out_dir = ev.out_dir or work_dir
+    work_dir = conf.output("evaluate")  # the frozen rows' exported vectors (a table)
+    out_dir = storage.location(ev.out_dir, conf.storage.options) if ev.out_dir else work_dir
     samples, _ = tables.read_published(conf.table_path("samples"), schemas.SAMPLES, "prepare")
     if samples.num_rows == 0:
         raise InputError(
@@ -292,7 +294,7 @@ def run(conf: Config) -> dict:
     # The samples start at today's cut; an answer from a longer history must not see them.
     ends = texts.prompt_ends
     samples = knowledge.after_prompts(samples, ends.column("entity_id"), ends.column("history_end"))
-    encode = CachedEncoder(conf, work_dir / "cache")
+    encode = CachedEncoder(conf, conf.evaluate_cache())
     llm = ",".join(sorted(texts.llm_models)) or "none"
 
     variants: dict[str, dict[Tower, EntityMatrix]] = {}
@@ -309,14 +311,15 @@ def run(conf: Config) -> dict:
     for seed in tqdm(ev.seeds, desc="evaluate seeds", unit="seed"):
         runs += evaluate_seed(conf, seed, samples, attributes, variants, llm, work_dir)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = render_report(conf, runs, skipped, texts)
-    (out_dir / "report.md").write_text(report)
-    (out_dir / "results.json").write_text(
-        json.dumps({"runs": [asdict(r) for r in runs], "skipped": skipped}, indent=1)
-    )
+    results = json.dumps({"runs": [asdict(r) for r in runs], "skipped": skipped}, indent=1)
+    with tempfile.TemporaryDirectory(prefix="kar-evaluate-") as scratch:
+        title = f"AUC lift over each backbone, {len(ev.seeds)} seeds"
+        plot_lifts(summarize(runs), Path(scratch) / "lift.png", title=title)
+        (Path(scratch) / "results.json").write_text(results)
+        out_dir.upload(Path(scratch))
+    (out_dir / "report.md").write_bytes(report.encode())  # last: its chart is in place
     chart = out_dir / "lift.png"
-    plot_lifts(summarize(runs), chart, title=f"AUC lift over each backbone, {len(ev.seeds)} seeds")
     seconds = time.monotonic() - started
     log.info("evaluate: %d training runs in %.0f s; report %s", len(runs), seconds, out_dir)
     return {
@@ -337,7 +340,7 @@ def evaluate_seed(
     attributes: pa.Table,
     variants: dict[str, dict[Tower, EntityMatrix]],
     llm: str,
-    work_dir: Path,
+    work_dir: Location,
 ) -> list[Run]:
     """Every row of one seed: one user split, validation slice and initialisation for all."""
     ev = conf.evaluate

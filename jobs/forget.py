@@ -71,7 +71,7 @@ def _delete_online(conf: Config, kind: str, entity_id: str) -> bool:
     Written by hand: Feast (0.67) has no per-entity delete, so this removes the row
     the way its SQLite and Redis stores key it (serialized entity key).
     """
-    if not conf.local_output("feast", "registry.db").is_file():
+    if not (conf.feast_dir() / "registry.db").is_file():
         return False
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -109,7 +109,7 @@ def run(conf: Config, kind: str, entity_id: str) -> ForgetResult:
             result.deleted[str(path)] = n
             result.vacuum.append(f"VACUUM delta.`{path}` RETAIN {RETENTION_HOURS} HOURS")
             log.info("forget %s %s: %d row(s) deleted from %s", kind, entity_id, n, path)
-    cache = conf.local_output("evaluate", "cache")
+    cache = conf.evaluate_cache()
     if cache.is_dir():
         shutil.rmtree(cache)  # encoder inputs by hash: cannot be searched for one entity
     result.online_deleted = _delete_online(conf, kind, entity_id)

@@ -7,14 +7,17 @@ each sample happened, and `materialize` puts the live version online.
 """
 
 import os
+import posixpath
 from datetime import timedelta
-from pathlib import Path
 
 from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.data_format import DeltaFormat
 from feast.types import Array, Float32, Int64
 
-TABLES = Path(os.environ.get("KAR_FEAST_TABLES", "kar-output/tables")).resolve()
+# A path or an object-store URI (kept a string: a URI is not a path). On S3-compatible
+# stores, Feast's file offline store reads AWS_ENDPOINT_URL for its endpoint.
+TABLES = os.environ.get("KAR_FEAST_TABLES") or os.path.abspath("kar-output/tables")
+ENDPOINT = os.environ.get("AWS_ENDPOINT_URL") if TABLES.startswith("s3://") else None
 
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING)
@@ -29,7 +32,8 @@ kar_user = FeatureView(
     ],
     source=FileSource(
         name="kar_user_vectors",
-        path=str(TABLES / "features_user"),
+        path=posixpath.join(TABLES, "features_user"),
+        s3_endpoint_override=ENDPOINT,
         file_format=DeltaFormat(),
         timestamp_field="event_timestamp",
     ),
@@ -46,7 +50,8 @@ kar_item = FeatureView(
     ],
     source=FileSource(
         name="kar_item_vectors",
-        path=str(TABLES / "features_item"),
+        path=posixpath.join(TABLES, "features_item"),
+        s3_endpoint_override=ENDPOINT,
         file_format=DeltaFormat(),
         timestamp_field="event_timestamp",
     ),

@@ -249,6 +249,9 @@ class PoolConf(_Section):
     num_actors: int = Field(default=1, gt=0)
     cpus_per_actor: float = Field(default=1, gt=0)
     gpus_per_actor: float = Field(default=0, ge=0)
+    # Ray custom resources each actor reserves (e.g. {gpu_pool: 1}: only nodes started with
+    # `ray start --resources '{"gpu_pool": 8}'` run the pool).
+    resources: dict[str, float] = Field(default_factory=dict)
     torch_threads: int | None = Field(default=None, gt=0)
     # A dead actor (node lost, engine crash, OOM) is restarted and its batch retried this often.
     max_restarts: int = Field(default=2, ge=0)
@@ -331,8 +334,13 @@ class EvaluateConf(_Section):
     modes: list[Literal["cotrained", "frozen"]] = Field(
         default_factory=lambda: ["cotrained", "frozen"], min_length=1
     )
-    # Report, chart and per-seed results; default <run.output_dir>/evaluate.
-    out_dir: Path | None = None
+    # Report, chart and per-seed results: a path or URI; default <run.output_dir>/evaluate.
+    out_dir: str | None = None
+
+    @field_validator("out_dir", mode="before")
+    @classmethod
+    def _out_dir(cls, value: object) -> str | None:
+        return None if value is None else storage.location(str(value)).uri
 
 
 class FeatureStoreConf(_Section):
@@ -341,6 +349,9 @@ class FeatureStoreConf(_Section):
     # Feast feature repo (feature_store*.yaml + definitions); registry and SQLite file
     # live under run.output_dir/feast.
     repo: Path = Path("conf/feast")
+    # Feast's registry.db and SQLite online store (local files on the node that publishes);
+    # None: <run.output_dir>/feast, which needs a local run.output_dir.
+    dir: Path | None = None
     online_store: Literal["sqlite", "redis"] = "sqlite"
     # Redis connection string "host:port[,password=...]" (online_store: redis).
     redis: str = "localhost:6379"
@@ -409,10 +420,23 @@ class Config(_Section):
         """Where Delta table `name` lives for this run's output directory."""
         return self.output("tables", name)
 
-    def local_output(self, *parts: str) -> Path:
-        """A local directory under the run's output directory, for outputs that are files on
-        disk (reports, models, the Feast repo, the run lock)."""
-        return self.output(*parts).local_path()
+    def evaluate_cache(self) -> Path:
+        """`kar evaluate`'s encoder outputs by text hash: node-local scratch under
+        run.cache_dir, not an output (`kar forget` clears it: texts hold personal data)."""
+        return self.run.cache_dir / "evaluate-encoder"
+
+    def feast_dir(self) -> Path:
+        """Feast's registry and SQLite online store: files on the publishing node's disk,
+        feature_store.dir, by default <run.output_dir>/feast when that is a local path."""
+        if self.feature_store.dir is not None:
+            return self.feature_store.dir
+        where = self.output("feast")
+        if not where.is_local:
+            raise ConfigError(
+                f"run.output_dir {self.run.output_dir} is an object store: set "
+                "feature_store.dir to a local directory for Feast's registry and online store"
+            )
+        return where.local_path()
 
 
 # Keys earlier releases had: what to do with one found in a config.

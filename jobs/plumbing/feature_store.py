@@ -38,11 +38,11 @@ def feature_store(conf: Config) -> tuple[FeatureStore, ModuleType]:
     from feast import FeatureStore
 
     yaml_file = _repo_file(conf)
-    feast_dir = conf.local_output("feast")
+    feast_dir = conf.feast_dir()
     feast_dir.mkdir(parents=True, exist_ok=True)
     # feature_store*.yaml and kar_features.py read these; see conf/feast/feature_store.yaml.
     os.environ["KAR_FEAST_DIR"] = str(feast_dir)
-    os.environ["KAR_FEAST_TABLES"] = str(conf.local_output("tables"))
+    os.environ["KAR_FEAST_TABLES"] = conf.output("tables").uri
     os.environ["KAR_REDIS"] = conf.feature_store.redis
     spec = importlib.util.spec_from_file_location(
         "kar_feast_definitions", conf.feature_store.repo / DEFINITIONS_FILE

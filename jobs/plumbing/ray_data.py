@@ -72,6 +72,7 @@ def actor_pool(pool: PoolConf, in_flight: int = 1) -> dict[str, Any]:
         ),
         "num_cpus": pool.cpus_per_actor,
         "num_gpus": pool.gpus_per_actor or None,
+        "resources": pool.resources or None,
         "max_restarts": pool.max_restarts,
         "max_task_retries": pool.max_restarts,
     }

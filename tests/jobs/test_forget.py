@@ -39,7 +39,8 @@ def write_tables(conf) -> None:
     tables.overwrite(conf.table_path("vectors"), vecs, schemas.VECTORS)
     evaluate_vectors = Path(conf.run.output_dir) / "evaluate" / "tables" / "vectors"
     tables.overwrite(evaluate_vectors, vecs, schemas.VECTORS)
-    (Path(conf.run.output_dir) / "evaluate" / "cache").mkdir(parents=True)
+    conf.run.cache_dir = Path(conf.run.output_dir).parent / "cache"  # not the suite's CACHE
+    conf.evaluate_cache().mkdir(parents=True)
     publish.run(conf, online=True)
 
 
@@ -94,7 +95,7 @@ def forget_and_check(conf, capsys, kind: str, entity_id: str) -> None:
     assert holds(conf, kind, entity_id) == []
     assert result["online_deleted"] is True and len(result["deleted"]) == 8
     assert "VACUUM delta.`" in out.err and "RETAIN 168 HOURS" in out.err
-    assert not (Path(conf.run.output_dir) / "evaluate" / "cache").exists()
+    assert not conf.evaluate_cache().exists()
     others = [("user", u) for u in USERS] + [("item", i) for i in ITEMS]
     for other in others:
         if other != (kind, entity_id):

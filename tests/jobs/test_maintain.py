@@ -26,7 +26,7 @@ def test_maintain_compacts_parts_and_vacuums_uncommitted_ones(make_config) -> No
 
     assert result.compacted == {"knowledge": 3}
     assert result.vacuumed["knowledge"] >= 4  # the 3 compacted parts and the orphan
-    assert not (conf.local_output("tables", "knowledge") / orphan["file"]).exists()
+    assert not (conf.table_path("knowledge").local_path() / orphan["file"]).exists()
     assert len(tables.open_table(path).file_uris()) == 1
     ids = tables.read(path, schemas.KNOWLEDGE).column("entity_id").to_pylist()
     assert sorted(ids) == [f"u{i}" for i in range(6)]
