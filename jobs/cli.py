@@ -33,7 +33,7 @@ from pathlib import Path
 from factors.sets import FactorSetError
 from jobs.plumbing import lock, logs
 from jobs.plumbing.config import Config, load_config
-from jobs.plumbing.errors import InputError
+from jobs.plumbing.errors import ClusterError, InputError
 
 log = logging.getLogger("kar")
 
@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         logs.setup()
         log.error("%s", e)
         sys.exit(2)
+    except ClusterError as e:
+        logs.setup()
+        log.error("%s", e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -193,7 +193,7 @@ def run(conf: Config, run_id: str) -> EncodeResult:
     )
     done = truncated = 0
     busy = 0.0
-    for batch in outputs(parts):
+    for batch in outputs(parts, enc.pool, conf.ray.unschedulable_wait_s):
         for row in batch.to_pylist():
             committer.add(row)
             done += row["rows"]

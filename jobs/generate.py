@@ -413,7 +413,7 @@ def run(conf: Config, run_id: str, selection: Selection = Selection()) -> Genera
     statuses: Counter[str] = Counter()
     loads: list[float] = []
     ready: list[float] = []
-    for batch in outputs(parts):
+    for batch in outputs(parts, gen, conf.ray.unschedulable_wait_s):
         for row in batch.to_pylist():
             committer.add(row)
             result.prompts_generated += row["rows"]

@@ -45,10 +45,12 @@ class Cluster:
     model_node_dir: Path  # the model node's Ray temp dir (its workers' logs)
     spark_work_dir: Path  # the Spark worker's work dir (its executors' logs)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    model_node_args: list[str] = field(default_factory=list)
 
     def start_model_node(self) -> None:
-        self.procs["model-node"] = _spawn(self.model_node_args, self.env)
+        """The node that alone offers MODEL_RESOURCE (fresh ports: a restart must not wait
+        for the lost node's to be released)."""
+        extra = ["--address", self.ray_address, "--resources", json.dumps({MODEL_RESOURCE: 4})]
+        self.procs["model-node"] = _spawn(_ray_node(self.model_node_dir, 2, *extra), self.env)
 
     def wait_nodes(self, count: int, timeout: float = 180) -> None:
         """Until `count` Ray nodes are alive (a node's raylet registers seconds after start)."""
@@ -137,11 +139,7 @@ def start(s3_env: dict[str, str], workdir: Path) -> Cluster:
         f"spark://127.0.0.1:{master_port}",
         model_dir,
         spark_work,
-        model_node_args=_ray_node(
-            model_dir, 2, "--address", f"127.0.0.1:{gcs}", "--resources",
-            json.dumps({MODEL_RESOURCE: 4}),
-        ),
-    )  # fmt: skip
+    )
     try:
         head = _ray_node(head_dir, 2, "--head", "--port", str(gcs), "--include-dashboard=false")
         cluster.procs["ray-head"] = _spawn(head, env)

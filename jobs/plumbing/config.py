@@ -81,7 +81,9 @@ class RunConf(_Section):
 class FileConf(_Section):
     """One generic input file: where it is, how it is encoded, and which column is which."""
 
-    path: Path
+    # A path, or any URI the cluster's Spark reads (s3a:// on EMR, gs://, abfss://): handed
+    # to Spark untouched (a URI is not a path: s3a://b/x must not become s3a:/b/x).
+    path: str
     format: Literal["csv", "parquet"] = "csv"
     delimiter: str = ","
     # How a quote is escaped inside a quoted field (csv): '"' doubles it (RFC 4180, what CSV
@@ -92,6 +94,13 @@ class FileConf(_Section):
     encoding: str = "utf-8"
     # Our column name -> the file's column name.
     columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: object) -> str:
+        if not isinstance(value, str | PurePath):
+            raise ValueError(f"expected a path or URI, got {value!r}")
+        return str(value)
 
     @field_validator("encoding")
     @classmethod
@@ -241,6 +250,10 @@ class RayConf(_Section):
     # the input. Inputs of at most this many rows are joined in the driver with Arrow
     # instead (a bounded read). 0: always shuffle.
     local_rows: int = Field(default=50_000, ge=0)
+    # A model pool (generate, encode) whose actors no live node can host (their node lost,
+    # none with its GPUs or custom resources left) stops the stage after this many seconds
+    # (exit 1, naming the lost node and the resource), instead of waiting forever.
+    unschedulable_wait_s: float = Field(default=600, gt=0)
 
 
 class PoolConf(_Section):

@@ -15,3 +15,8 @@ class InputError(ValueError):
 
 class MissingTableError(InputError):
     """A table the stage reads is missing or empty; the message names the stage to run first."""
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run a stage (a node it needs was lost and none replaces it): the
+    CLI prints the message and exits 1 with no traceback; a rerun resumes."""

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -20,6 +24,7 @@ import ray
 import ray.data
 
 from jobs.plumbing.config import PoolConf, RayConf
+from jobs.plumbing.errors import ClusterError
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +83,77 @@ def actor_pool(pool: PoolConf, in_flight: int = 1) -> dict[str, Any]:
     }
 
 
-def outputs(ds: ray.data.Dataset) -> Iterator[pa.Table]:
+def outputs(
+    ds: ray.data.Dataset, pool: PoolConf | None = None, wait_s: float | None = None
+) -> Iterator[pa.Table]:
     """`ds`'s output blocks in the driver as each task finishes them, for the commit loops.
 
     No prefetch: with Ray Data's default (one batch ahead) a finished block waits in the
     iterator until the next one is ready too, so each commit would lag a whole block (a
     run of two blocks committed both at its end, and a kill lost two blocks, not one).
+    With `pool` and `wait_s`: ClusterError once no live node has offered what one of the
+    pool's actors needs for `wait_s` seconds (its node lost, as a spot node is reclaimed),
+    instead of waiting for it forever.
     """
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+    with _unschedulable_watch(pool, wait_s):
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+
+
+def _needs(pool: PoolConf) -> dict[str, float]:
+    return {"CPU": pool.cpus_per_actor, "GPU": pool.gpus_per_actor, **pool.resources}
+
+
+def _offers(node: dict, needs: dict[str, float]) -> bool:
+    return all(node["Resources"].get(k, 0) >= v for k, v in needs.items() if v)
+
+
+def _missing(needs: dict[str, float]) -> str | None:
+    """Why no live node can host one actor (None when one can): the resource, the lost nodes."""
+    nodes = ray.nodes()
+    if any(n["Alive"] and _offers(n, needs) for n in nodes):
+        return None
+    wanted = ", ".join(f"{k}={v:g}" for k, v in needs.items() if v)
+    lost = [
+        f"{n['NodeID'][:12]} ({n['NodeManagerAddress']})"
+        for n in nodes
+        if not n["Alive"] and _offers(n, needs)
+    ]
+    gone = f"; lost: node {', '.join(lost)}" if lost else ""
+    return f"no live Ray node offers {wanted} (what one actor needs){gone}"
+
+
+@contextmanager
+def _unschedulable_watch(pool: PoolConf | None, wait_s: float | None) -> Iterator[None]:
+    """Raise ClusterError in this (the main) thread once the pool has been unschedulable
+    for `wait_s`: a watcher thread polls the cluster's nodes and signals (SIGUSR1) the main
+    thread, whose handler raises; Ray Data has no call to stop an iteration from outside."""
+    if pool is None or not wait_s or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    needs, stop, reason = _needs(pool), threading.Event(), []
+
+    def watch() -> None:
+        since = None
+        while not stop.wait(2.0):
+            why = _missing(needs)
+            since = None if why is None else since or time.monotonic()
+            if since is not None and time.monotonic() - since >= wait_s:
+                reason.append(f"{why}; waited {wait_s:g} s (ray.unschedulable_wait_s)")
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+
+    def stop_here(*_: object) -> None:
+        raise ClusterError(
+            f"{reason[0]}. Start a node that offers it (or change the pool's resources) and "
+            "rerun: what was committed stays, the rest is redone"
+        )
+
+    previous = signal.signal(signal.SIGUSR1, stop_here)
+    watcher = threading.Thread(target=watch, name="kar-pool-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR1, previous)

@@ -98,7 +98,7 @@ def read(path: Where, schema: pa.Schema, version: int | None = None) -> pa.Table
     table = open_table(path, version)
     if table is None:
         return schema.empty_table()
-    return conform(pa.table(table.to_pyarrow_table()), schema, path.name)
+    return conform(pa.table(table.to_pyarrow_table()), schema, location(path).name)
 
 
 def _with_filter_columns(
@@ -149,7 +149,7 @@ def dataset(
     )
     return ds.map_batches(
         _conform_filter,
-        fn_args=(read, wanted.names, where, path.name),
+        fn_args=(read, wanted.names, where, location(path).name),
         batch_format="pyarrow",
         batch_size=None,
     )
@@ -183,7 +183,7 @@ def scan(
         columns=read.names, batch_size=batch_rows, batch_readahead=0, fragment_readahead=0
     )
     for batch in scanner.to_batches():
-        rows = _conform_filter(pa.Table.from_batches([batch]), read, wanted.names, where, path.name)
+        rows = _conform_filter(pa.Table.from_batches([batch]), read, wanted.names, where, location(path).name)
         if rows.num_rows:
             yield rows
 
@@ -234,7 +234,7 @@ def overwrite(
 ) -> int:
     """Replace the table's contents in one commit; returns the new Delta version."""
     path = location(path)
-    data = conform(data, schema, path.name)
+    data = conform(data, schema, location(path).name)
     # schema_mode: a table written by an older release takes the declared schema.
     write_deltalake(
         path.uri,
@@ -262,7 +262,7 @@ def insert_new(
     ever has two rows.
     """
     path = location(path)
-    data = conform(data, schema, path.name)
+    data = conform(data, schema, location(path).name)
     table = open_table(path)
     if table is None:
         write_deltalake(
@@ -304,11 +304,11 @@ def evolve(path: Where, schema: pa.Schema) -> None:
     required = [f.name for f in missing if not f.nullable]
     if required:
         raise SchemaError(
-            f"table {path.name!r} at {path} lacks required column(s) {required}; "
+            f"table {location(path).name!r} at {path} lacks required column(s) {required}; "
             "it was written by an incompatible release: move it away and rerun"
         )
     table.alter.add_columns([Field.from_arrow(f) for f in missing])
-    log.info("table %s: added column(s) %s", path.name, [f.name for f in missing])
+    log.info("table %s: added column(s) %s", location(path).name, [f.name for f in missing])
 
 
 # Commits that keep every row a stage decides on: the maintenance chores (compaction and
@@ -429,7 +429,7 @@ def pinned(path: Where, stage: str, table: str) -> int | None:
     """The version of `table` to read as the last completed `stage` published it: the one it
     recorded, carried past the maintenance and erasures since (`current_of`). The latest
     version where no stage recorded one (a table of an older release); None: no table."""
-    table_path = path.parent / table
+    table_path = location(path).parent / table
     at = (last_record(path, stage) or {"versions": {}})["versions"].get(table)
     return version(table_path) if at is None else current_of(table_path, at)
 
@@ -437,7 +437,7 @@ def pinned(path: Where, stage: str, table: str) -> int | None:
 def read_published(path: Where, schema: pa.Schema, stage: str) -> tuple[pa.Table, int | None]:
     """(rows, version) of `path`'s table as the last completed `stage` published it, from
     the `stages` table beside it (`pinned`)."""
-    at = pinned(path.parent / "stages", stage, path.name)
+    at = pinned(location(path).parent / "stages", stage, location(path).name)
     return read(path, schema, at), at
 
 
@@ -469,7 +469,7 @@ def write_part(path: Where, data: pa.Table, schema: pa.Schema) -> dict[str, Any]
     driver commits it; one never committed (a killed run) is removed by `vacuum`.
     """
     path = location(path)
-    data = conform(data, schema, path.name)
+    data = conform(data, schema, location(path).name)
     fs, root = path.filesystem()
     fs.create_dir(root, recursive=True)  # a no-op on object stores (no directories)
     name = f"part-{uuid.uuid4().hex}.parquet"

@@ -56,3 +56,16 @@ def test_a_table_at_a_file_uri_is_written_by_parts_and_read_back(tmp_path):
     tables.commit_parts(where, [part], SCHEMA)
     assert sorted(tables.read(where, SCHEMA).column("id").to_pylist()) == ["a", "b"]
     assert tables.version(tmp_path / "t") == 0  # the same table through its plain path
+
+
+def test_an_input_uri_reaches_spark_untouched():
+    conf = load_config(
+        None,
+        [
+            "data.format=generic",
+            "data.interactions={path: 's3a://lake/events/', format: parquet}",
+            "data.items={path: items.csv}",
+        ],
+    )
+    assert conf.data.interactions.path == "s3a://lake/events/"  # not s3a:/lake/events
+    assert conf.data.items.path == "items.csv"
