@@ -19,6 +19,7 @@ RSS over all stages at the largest size / at the smallest).
 
     .venv/bin/python bench/scale.py                              # 10k and 100k users
     .venv/bin/python bench/scale.py --sizes 10000 100000 1000000 --spark-driver-memory 8g
+    .venv/bin/python bench/scale.py --output-dir s3://bucket/bench   # disk, then the store
 """
 
 from __future__ import annotations
@@ -215,11 +216,12 @@ def write_inputs(root: Path, n_users: int, seed: int) -> DataStats:
 # --- config ----------------------------------------------------------------------------------
 
 
-def bench_config(size_dir: Path, args: argparse.Namespace) -> Path:
+def bench_config(size_dir: Path, args: argparse.Namespace, store: str | None) -> Path:
     """The shipped conf/local.yaml on the generic inputs with the stand-ins, as one YAML file."""
     data = size_dir / "input"
     overrides: dict[str, Any] = {
-        "run.output_dir": str(size_dir / "output"),
+        "run.output_dir": output_of(size_dir, store),
+        "feature_store.dir": str(size_dir / "feast"),
         "run.cache_dir": str(args.workdir / "cache"),
         "run.as_of": AS_OF.isoformat(),
         "data.format": "generic",
@@ -333,14 +335,20 @@ def _last_error(text: str) -> str | None:
     return lines[-1][:400] if lines else None
 
 
-def delta_rows(path: Path) -> int:
-    """Rows of the Delta table at `path` from its metadata (0 if there is none)."""
-    from deltalake import DeltaTable
+def delta_rows(path: str) -> int:
+    """Rows of the Delta table at `path` (a path or URI) from its metadata (0 if none)."""
+    from jobs.plumbing import tables
 
-    if not (path / "_delta_log").is_dir():
+    table = tables.open_table(path)
+    if table is None:
         return 0
-    actions = pa.table(DeltaTable(str(path)).get_add_actions(flatten=True))
+    actions = pa.table(table.get_add_actions(flatten=True))
     return int(pc.sum(actions.column("num_records")).as_py() or 0)
+
+
+def output_of(size_dir: Path, store: str | None) -> str:
+    """Where a size's tables go: the size's folder, or its prefix under --output-dir."""
+    return f"{store.rstrip('/')}/{size_dir.name}" if store else str(size_dir / "output")
 
 
 def run_stage(
@@ -349,11 +357,11 @@ def run_stage(
     size_dir: Path,
     args: argparse.Namespace,
     interactions: int,
+    output: str,
 ) -> StageFigures:
     """One `kar <stage>` process, sampled every --sample-interval s until it exits or times out."""
-    output = size_dir / "output"
     table = STAGE_TABLE.get(stage)
-    before = delta_rows(output / "tables" / table) if table else 0
+    before = delta_rows(f"{output}/tables/{table}") if table else 0
     cmd = [sys.executable, "-m", "jobs.cli", stage, "--conf", str(conf_path)]
     if stage == "publish" and args.online:
         cmd.append("--online")
@@ -405,7 +413,7 @@ def run_stage(
     elif all(k in result for k in RESULT_ROWS[stage]):
         rows = sum(int(result[k]) for k in RESULT_ROWS[stage])
     elif table:
-        rows = delta_rows(output / "tables" / table) - before
+        rows = delta_rows(f"{output}/tables/{table}") - before
     else:
         rows = None
     figures.rows = rows
@@ -474,16 +482,17 @@ def driver_rss_ratio(stages: dict[str, dict[str, StageFigures]]) -> float | None
 
 
 def bench_size(
-    n_users: int, args: argparse.Namespace, done: dict[str, Any]
+    n_users: int, args: argparse.Namespace, done: dict[str, Any], store: str | None = None
 ) -> tuple[DataStats, dict[str, StageFigures]]:
-    """Inputs, config and every stage at one size; `done` (the figures so far) is rewritten
-    to <workdir>/results.json after each stage, so a stopped bench leaves its figures."""
-    size_dir = args.workdir / f"users-{n_users}"
+    """Inputs, config and every stage at one size, outputs on local disk or under `store`;
+    `done` (the figures so far) is rewritten to <workdir>/results.json after each stage, so
+    a stopped bench leaves its figures."""
+    size_dir = args.workdir / f"{'store-' if store else ''}users-{n_users}"
     if size_dir.exists():
         shutil.rmtree(size_dir)
     stats = write_inputs(size_dir / "input", n_users, args.seed)
     log.info("%d users: inputs %s", n_users, asdict(stats))
-    conf_path = bench_config(size_dir, args)
+    conf_path = bench_config(size_dir, args, store)
     warm_model_cache(conf_path, size_dir)
     per_stage: dict[str, StageFigures] = {}
     done["data"][str(n_users)], done["stages"][str(n_users)] = stats, per_stage
@@ -492,10 +501,13 @@ def bench_size(
         if failed:
             per_stage[stage] = StageFigures(status="skipped", error=f"after {failed} failed")
             continue
-        figures = run_stage(stage, conf_path, size_dir, args, stats.interactions)
+        output = output_of(size_dir, store)
+        figures = run_stage(stage, conf_path, size_dir, args, stats.interactions, output)
         per_stage[stage] = figures
         log.info("%d users: %s %s", n_users, stage, asdict(figures))
-        (args.workdir / "results.json").write_text(json.dumps(summary(done)))
+        (args.workdir / f"results{'-store' if store else ''}.json").write_text(
+            json.dumps(summary(done))
+        )
         if figures.status == "interrupted":
             raise KeyboardInterrupt
         if figures.status != "ok":
@@ -518,6 +530,21 @@ def summary(done: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def store_over_disk(
+    disk: dict[str, dict[str, StageFigures]], store: dict[str, dict[str, StageFigures]]
+) -> dict[str, dict[str, float | None]]:
+    """Per size and stage: rows/s with the tables on the store / rows/s on local disk."""
+    ratios: dict[str, dict[str, float | None]] = {}
+    for size, per_stage in store.items():
+        for stage, f in per_stage.items():
+            base = disk.get(size, {}).get(stage)
+            ok = base and base.rows_per_s and f.rows_per_s
+            ratios.setdefault(size, {})[stage] = (
+                round(f.rows_per_s / base.rows_per_s, 3) if ok else None
+            )
+    return ratios
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -538,6 +565,14 @@ def main() -> None:
     parser.add_argument("--adapt-batch-size", type=int, default=4096, help="adapt.batch_size")
     parser.add_argument("--online", action="store_true", help="kar publish --online")
     parser.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="URI",
+        help="also run every size with its tables under this object-store URI (credentials "
+        "and endpoint from the environment: AWS_*), after the same size on local disk, and "
+        "print each stage's rows/s there over its rows/s on disk",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config override"
     )
     args = parser.parse_args()
@@ -552,17 +587,30 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
     done: dict[str, Any] = {"data": {}, "stages": {}}
+    on_store: dict[str, Any] = {"data": {}, "stages": {}}
     try:
         for n in sorted(args.sizes):
             bench_size(n, args, done)
+            if args.output_dir:
+                bench_size(n, args, on_store, args.output_dir)
     except KeyboardInterrupt:
         log.warning("interrupted: printing the figures measured so far")
     finally:
         if temp and not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
 
+    print("local disk:")
     print_table(done["stages"], done["data"])
-    print(json.dumps(summary(done)))
+    result = summary(done)
+    if args.output_dir:
+        print(f"\n{args.output_dir}:")
+        print_table(on_store["stages"], on_store["data"])
+        result = {"disk": result, "store": summary(on_store)}
+        result["store_over_disk_rows_per_s"] = store_over_disk(done["stages"], on_store["stages"])
+        print("\nrows/s on the store over rows/s on disk (same sizes, this run):")
+        for size, per_stage in result["store_over_disk_rows_per_s"].items():
+            print(f"{int(size):>9,} " + "  ".join(f"{s} {r}" for s, r in per_stage.items()))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,13 @@ arguments (stage files are libraries of the CLI, never run themselves):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from factors.sets import FactorSetError
 from jobs.plumbing import lock, logs
@@ -134,47 +136,47 @@ def _stage(command: str, conf: Config, run_id: str, args: argparse.Namespace) ->
     return {**asdict(result), "accounting": accounting.record(conf, row)}
 
 
-def _dispatch(args: argparse.Namespace, conf: Config, run_id: str) -> None:
+def _dispatch(args: argparse.Namespace, conf: Config, run_id: str, out: TextIO) -> None:
     from dataclasses import asdict
 
     if args.command == "run":
-        from jobs.run import print_summary, run
+        from jobs.run import run
 
-        print_summary(run(conf, run_id))
+        out.write(json.dumps(run(conf, run_id)) + "\n")
     elif args.command == "evaluate":
         from jobs import evaluate
 
         result = evaluate.run(conf)
-        sys.stdout.write(result.pop("markdown") + json.dumps(result) + "\n")
+        out.write(result.pop("markdown") + json.dumps(result) + "\n")
     elif args.command in STAGES:
         result = _stage(args.command, conf, run_id, args)
-        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        out.write(json.dumps(result, default=str) + "\n")
     elif args.command == "vectors":
         from jobs.rules import vectors
 
         snapshot = vectors.resolve(conf.table_path("vectors"), args.version, args.as_of)
-        sys.stdout.write(json.dumps(vectors.describe(snapshot, args.entity)) + "\n")
+        out.write(json.dumps(vectors.describe(snapshot, args.entity)) + "\n")
     elif args.command == "publish":
         from jobs import publish
 
-        sys.stdout.write(json.dumps(asdict(publish.run(conf, args.online))) + "\n")
+        out.write(json.dumps(asdict(publish.run(conf, args.online))) + "\n")
     elif args.command == "report":
         from jobs import report
 
         path = report.write(conf, args.run_id)
         plots = [str(path.parent / f"{name}.png") for name in report.PLOTS]
-        sys.stdout.write(json.dumps({"report": str(path), "plots": plots}) + "\n")
+        out.write(json.dumps({"report": str(path), "plots": plots}) + "\n")
     elif args.command == "maintain":
         from jobs import maintain
 
-        sys.stdout.write(json.dumps(asdict(maintain.run(conf))) + "\n")
+        out.write(json.dumps(asdict(maintain.run(conf))) + "\n")
     elif args.command == "forget":
         from jobs import forget
 
         kind, entity_id = ("user", args.user) if args.user is not None else ("item", args.item)
         result = forget.run(conf, kind, entity_id)
         sys.stderr.write(forget.report(result) + "\n")
-        sys.stdout.write(json.dumps(asdict(result)) + "\n")
+        out.write(json.dumps(asdict(result)) + "\n")
     elif args.command == "join":
         from jobs import join_features
 
@@ -188,13 +190,13 @@ def _dispatch(args: argparse.Namespace, conf: Config, run_id: str) -> None:
             args.user_col,
             args.item_col,
         )
-        sys.stdout.write(json.dumps(asdict(result)) + "\n")
+        out.write(json.dumps(asdict(result)) + "\n")
     else:
         from jobs.discover import discover
 
-        out = args.out or Path(f"factors-{args.domain.replace(' ', '-')}.yaml")
-        path = discover(conf, args.domain, out, item_noun=args.item_noun)
-        sys.stdout.write(f"{path}\n")
+        target = args.out or Path(f"factors-{args.domain.replace(' ', '-')}.yaml")
+        path = discover(conf, args.domain, target, item_noun=args.item_noun)
+        out.write(f"{path}\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,11 +207,15 @@ def main(argv: list[str] | None = None) -> None:
         conf = load_config(args.conf, args.overrides)
         logs.setup(conf.run.log_level)
         run_id = getattr(args, "run_id", None) or lock.new_run_id()
-        if args.command in WRITERS:
-            with lock.hold(conf, args.command, run_id):
-                _dispatch(args, conf, run_id)
-        else:
-            _dispatch(args, conf, run_id)
+        # stdout carries the command's result only: whatever the engines print there (Ray's
+        # driver echoes the raylet's notices to it) goes to stderr with the logs.
+        out = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            if args.command in WRITERS:
+                with lock.hold(conf, args.command, run_id):
+                    _dispatch(args, conf, run_id, out)
+            else:
+                _dispatch(args, conf, run_id, out)
     except INPUT_ERRORS as e:
         logs.setup()
         log.error("%s", e)

@@ -7,9 +7,7 @@ new vectors version, and a rerun after a crash continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -86,9 +84,3 @@ def run(conf: Config, run_id: str | None = None) -> dict[str, Any]:
     }
     log.info("run %s done in %.0f s", run_id, summary["stage_seconds"]["total"])
     return summary
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    """The run's last line of output: machine-readable for schedulers and scripts."""
-    sys.stdout.write(json.dumps(summary) + "\n")
-    sys.stdout.flush()

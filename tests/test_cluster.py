@@ -66,7 +66,9 @@ def kar(nodes, out: str, command: str, *extra: str, cwd: Path) -> dict:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     assert SECRET_KEY not in done.stdout + done.stderr  # no log line carries the secret
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # The summary is the last JSON line: Ray's driver also prints the raylet's notices (an
+    # actor restarted) to stdout.
+    return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def knowledge_keys(out: str) -> collections.Counter:

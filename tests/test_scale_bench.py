@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bench.scale import StageFigures, driver_rss_ratio, run_stage, write_inputs
+from bench.scale import StageFigures, driver_rss_ratio, run_stage, store_over_disk, write_inputs
 
 
 def test_inputs_are_seeded_zipf_with_mean_history_near_30(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_inputs_are_seeded_zipf_with_mean_history_near_30(tmp_path: Path) -> Non
 def test_a_failing_stage_is_reported_with_its_exit_code_and_error(tmp_path: Path) -> None:
     args = argparse.Namespace(stage_timeout=120.0, sample_interval=0.1, online=False)
     missing = tmp_path / "missing.yaml"
-    figures = run_stage("prepare", missing, tmp_path, args, interactions=10)
+    figures = run_stage("prepare", missing, tmp_path, args, 10, str(tmp_path / "output"))
     assert figures.status == "failed" and figures.exit_code == 2
     assert "does not exist" in (figures.error or "")
     assert figures.driver_rss_mb and figures.driver_rss_mb > 0
@@ -49,3 +49,14 @@ def test_driver_rss_ratio_is_largest_over_smallest_size() -> None:
     }
     assert driver_rss_ratio(stages) == 1.5
     assert driver_rss_ratio({"10000": stages["10000"]}) is None
+
+
+def test_store_figures_are_divided_by_the_same_stage_on_disk() -> None:
+    disk = {"10": {"prepare": StageFigures(status="ok", rows_per_s=100.0)}}
+    store = {
+        "10": {
+            "prepare": StageFigures(status="ok", rows_per_s=50.0),
+            "encode": StageFigures(status="failed"),
+        }
+    }
+    assert store_over_disk(disk, store) == {"10": {"prepare": 0.5, "encode": None}}

@@ -182,8 +182,9 @@ def scan(
     scanner = table.to_pyarrow_dataset().scanner(
         columns=read.names, batch_size=batch_rows, batch_readahead=0, fragment_readahead=0
     )
+    name = location(path).name
     for batch in scanner.to_batches():
-        rows = _conform_filter(pa.Table.from_batches([batch]), read, wanted.names, where, location(path).name)
+        rows = _conform_filter(pa.Table.from_batches([batch]), read, wanted.names, where, name)
         if rows.num_rows:
             yield rows
 
@@ -234,7 +235,7 @@ def overwrite(
 ) -> int:
     """Replace the table's contents in one commit; returns the new Delta version."""
     path = location(path)
-    data = conform(data, schema, location(path).name)
+    data = conform(data, schema, path.name)
     # schema_mode: a table written by an older release takes the declared schema.
     write_deltalake(
         path.uri,
@@ -262,7 +263,7 @@ def insert_new(
     ever has two rows.
     """
     path = location(path)
-    data = conform(data, schema, location(path).name)
+    data = conform(data, schema, path.name)
     table = open_table(path)
     if table is None:
         write_deltalake(
@@ -469,7 +470,7 @@ def write_part(path: Where, data: pa.Table, schema: pa.Schema) -> dict[str, Any]
     driver commits it; one never committed (a killed run) is removed by `vacuum`.
     """
     path = location(path)
-    data = conform(data, schema, location(path).name)
+    data = conform(data, schema, path.name)
     fs, root = path.filesystem()
     fs.create_dir(root, recursive=True)  # a no-op on object stores (no directories)
     name = f"part-{uuid.uuid4().hex}.parquet"

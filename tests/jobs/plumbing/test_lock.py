@@ -34,7 +34,7 @@ with lock.hold(conf, "run", sys.argv[2]):
 """
 
 
-@pytest.fixture(params=["disk", "s3"])
+@pytest.fixture(params=["disk", pytest.param("s3", marks=pytest.mark.engines)])
 def out(request, tmp_path) -> str:
     """An output directory on a local disk, or on the suite's S3 server."""
     if request.param == "disk":
