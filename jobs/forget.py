@@ -100,6 +100,7 @@ def _delete_online(conf: Config, kind: str, entity_id: str) -> bool:
 
 def run(conf: Config, kind: str, entity_id: str) -> ForgetResult:
     result = ForgetResult(kind, entity_id)
+    conf.feast_dir()  # where the online row would be: known before anything is deleted
     for path, column in _targets(conf, kind):
         predicate = f"{column} = {_literal(entity_id)}"
         if path.name in _HAS_KIND:

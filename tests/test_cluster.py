@@ -171,12 +171,12 @@ def test_the_weekly_job_runs_across_nodes_on_s3_and_resumes_after_kills(nodes, s
 
     # 4. forget, maintain and publish on the same tables.
     user = next(e for k, e, _ in answered if k == "user")
-    kar(nodes, out, f"forget --user {user}", *more, cwd=cwd)
+    feast = f"feature_store.dir={tmp_path / 'feast'}"  # Feast's files: the publisher's disk
+    kar(nodes, out, f"forget --user {user}", *more, feast, cwd=cwd)
     assert not [key for key in knowledge_keys(out) if key[:2] == ("user", user)]
     kar(nodes, out, "maintain", *more, cwd=cwd)
-    feast = tmp_path / "feast"
-    kar(nodes, out, "publish", *more, f"feature_store.dir={feast}", cwd=cwd)
-    assert (feast / "registry.db").is_file()
+    kar(nodes, out, "publish", *more, feast, cwd=cwd)
+    assert (tmp_path / "feast" / "registry.db").is_file()
     features = DeltaTable(f"{out}/tables/features_user").to_pyarrow_table()
     assert user not in features.column("user_id").to_pylist() and features.num_rows > 0
     assert list(cwd.iterdir()) == []

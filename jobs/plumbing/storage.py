@@ -95,7 +95,7 @@ class Location:
     def scheme(self) -> str:
         return urlsplit(self.uri).scheme or "file"
 
-    def option(self, *keys: str, env: tuple[str, ...] = ()) -> str | None:
+    def _option(self, *keys: str, env: tuple[str, ...] = ()) -> str | None:
         """The first of `keys` set in the options, else the first of `env` set."""
         opts = dict(self.options)
         found = [opts[k] for k in keys if opts.get(k)] + [
@@ -106,10 +106,10 @@ class Location:
     def filesystem(self) -> tuple[pafs.FileSystem, str]:
         """(pyarrow file system, path inside it) for workers that read and write files here."""
         if self.scheme == "s3":
-            endpoint = self.option(
+            endpoint = self._option(
                 "aws_endpoint", "aws_endpoint_url", env=("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
             )
-            region = self.option("aws_region", env=("AWS_REGION", "AWS_DEFAULT_REGION"))
+            region = self._option("aws_region", env=("AWS_REGION", "AWS_DEFAULT_REGION"))
             return _s3(endpoint, region), self.uri.removeprefix("s3://").rstrip("/")
         return pafs.FileSystem.from_uri(self.uri)
 

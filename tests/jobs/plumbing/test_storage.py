@@ -69,3 +69,11 @@ def test_an_input_uri_reaches_spark_untouched():
     )
     assert conf.data.interactions.path == "s3a://lake/events/"  # not s3a:/lake/events
     assert conf.data.items.path == "items.csv"
+
+
+def test_feasts_files_need_a_local_dir_when_the_output_is_an_object_store(tmp_path):
+    conf = load_config(None, ["run.output_dir=s3://bucket/out"])
+    with pytest.raises(ConfigError, match="set feature_store.dir to a local directory"):
+        conf.feast_dir()
+    local = load_config(None, ["run.output_dir=s3://bucket/out", f"feature_store.dir={tmp_path}"])
+    assert local.feast_dir() == tmp_path
