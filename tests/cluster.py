@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,21 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyspark
+from loopback import free_ports, stop_group
 
 BIN = Path(sys.executable).parent
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 # The custom resource generate's and encode's actors require: only the model node has it.
 MODEL_RESOURCE = "kar_model_node"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass
@@ -82,23 +72,12 @@ class Cluster:
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            _end(proc)
+            stop_group(proc)
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
     out = log.open("w") if log else subprocess.DEVNULL
     return subprocess.Popen(args, env=env, start_new_session=True, stdout=out, stderr=out)
-
-
-def _end(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)  # Ray drains a node for up to 30 s on SIGTERM: not needed here
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _ray_node(temp_dir: Path, cpus: int, *extra: str) -> list[str]:

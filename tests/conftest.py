@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import object_store
 import pytest
+from loopback import free_ports, stop_group
 from suite_paths import CACHE, ROOT
 
 from jobs.plumbing.config import Config, SparkConf, load_config
@@ -141,19 +141,13 @@ def make_config(tmp_path: Path):
     return _make
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def redis_server(tmp_path) -> Iterator[str]:
     """A throwaway redis-server on a free loopback port (`make redis` installs Debian's package)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed; `make redis` installs Debian's package")
-    port = _free_port()
+    [port] = free_ports(1)
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
@@ -177,21 +171,11 @@ def redis_server(tmp_path) -> Iterator[str]:
 BIN = Path(sys.executable).parent
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     """A blocking `ray start --head` in its own process group; the whole group ends after.
     Yields the dashboard address and the environment (token auth) a client needs."""
-    gcs, dashboard, agent, agent_grpc, env_agent, metrics = _free_ports(6)
+    gcs, dashboard, agent, agent_grpc, env_agent, metrics = free_ports(6)
     # Short path: Ray's Unix sockets live under the temp dir (108-byte limit).
     temp_dir = tempfile.mkdtemp(prefix="kr-", dir="/tmp")
     env = {
@@ -225,13 +209,7 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
             time.sleep(2)
         yield address, env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            # Ray drains a node for up to 30 s on SIGTERM; nothing here needs draining.
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, wait_s=5)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -242,7 +220,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object_store
     try:
         yield server
     finally:
-        object_store.stop(proc)
+        stop_group(proc)
 
 
 @pytest.fixture

@@ -9,10 +9,7 @@ of AWS whose concurrency is not a storage server's.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+
+from loopback import free_ports, stop_group
 
 BUCKET = "kar-tests"
 # Test-only credentials of the throwaway server (never a real account's).
@@ -34,16 +33,6 @@ class S3Server:
     def uri(self, name: str = "") -> str:
         """A fresh prefix in the bucket, so tests never share keys."""
         return f"s3://{BUCKET}/{name or 'run'}-{uuid.uuid4().hex[:8]}"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start(workdir: Path) -> tuple[subprocess.Popen, S3Server]:
@@ -72,7 +61,7 @@ def start(workdir: Path) -> tuple[subprocess.Popen, S3Server]:
                 "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port",
                 "admin.port.grpc", "webdav.port", "debug.port",
             ],
-            _free_ports(12),
+            free_ports(12),
             strict=True,
         )
     )  # fmt: skip
@@ -101,7 +90,7 @@ def start(workdir: Path) -> tuple[subprocess.Popen, S3Server]:
     try:
         _wait_ready(proc, server, workdir)
     except BaseException:
-        stop(proc)
+        stop_group(proc)
         raise
     return proc, server
 
@@ -130,13 +119,3 @@ def _wait_ready(proc: subprocess.Popen, server: S3Server, workdir: Path) -> None
                 log = (workdir / "weed.log").read_text()[-3000:]
                 raise RuntimeError(f"SeaweedFS did not come up ({e}); its log:\n{log}") from e
             time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

@@ -175,8 +175,9 @@ def test_the_weekly_job_runs_across_nodes_on_s3_and_resumes_after_kills(nodes, s
     kar(nodes, out, f"forget --user {user}", *more, feast, cwd=cwd)
     assert not [key for key in knowledge_keys(out) if key[:2] == ("user", user)]
     kar(nodes, out, "maintain", *more, cwd=cwd)
-    kar(nodes, out, "publish", *more, feast, cwd=cwd)
+    kar(nodes, out, "publish --online", *more, feast, cwd=cwd)
     assert (tmp_path / "feast" / "registry.db").is_file()
+    assert (tmp_path / "feast" / "online.db").is_file()
     features = DeltaTable(f"{out}/tables/features_user").to_pyarrow_table()
     assert user not in features.column("user_id").to_pylist() and features.num_rows > 0
     assert list(cwd.iterdir()) == []
