@@ -68,7 +68,9 @@ class Cluster:
         proc = self.procs.pop("model-node")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        subprocess.run(["pkill", "-9", "-f", f"--temp-dir={self.model_node_dir}"], check=False)
+        # Anything of the node's that left its process group (a pattern without leading dashes:
+        # pkill would read one as its own option).
+        subprocess.run(["pkill", "-9", "-f", f"temp-dir={self.model_node_dir}"], check=False)
 
     def stop(self) -> None:
         for proc in self.procs.values():

@@ -187,7 +187,7 @@ def test_losing_the_model_node_mid_generate_stops_the_job_and_a_rerun_finishes(n
     out = s3.uri("spot")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    week = ["data.sample.max_users=8", "ray.unschedulable_wait_s=20"]
+    week = ["data.sample.max_users=8", "ray.unschedulable_wait_s=45"]
     log = tmp_path / "driver.log"
     with log.open("w") as sink:
         driver = subprocess.Popen(
@@ -205,9 +205,9 @@ def test_losing_the_model_node_mid_generate_stops_the_job_and_a_rerun_finishes(n
                 os.killpg(driver.pid, signal.SIGKILL)
     text = log.read_text()
     assert "Traceback" not in text
-    assert f"no live Ray node offers CPU=1, {cluster.MODEL_RESOURCE}=1" in text
-    assert "lost: node" in text and "ray.unschedulable_wait_s" in text
-    assert stopped_after < 20 + 120  # the configured wait, plus Ray noticing the node died
+    assert "no live Ray node offers CPU=" in text and f"{cluster.MODEL_RESOURCE}=1" in text
+    assert "lost: node" in text
+    assert stopped_after < 45 + 120  # the configured wait, plus Ray noticing the node died
     survived, due = knowledge_keys(out), prompt_keys(out)
 
     nodes.start_model_node()

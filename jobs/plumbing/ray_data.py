@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 import ray.data
+import ray.exceptions
 
 from jobs.plumbing.config import PoolConf, RayConf
 from jobs.plumbing.errors import ClusterError
@@ -91,51 +92,82 @@ def outputs(
     No prefetch: with Ray Data's default (one batch ahead) a finished block waits in the
     iterator until the next one is ready too, so each commit would lag a whole block (a
     run of two blocks committed both at its end, and a kill lost two blocks, not one).
-    With `pool` and `wait_s`: ClusterError once no live node has offered what one of the
-    pool's actors needs for `wait_s` seconds (its node lost, as a spot node is reclaimed),
-    instead of waiting for it forever.
+    With `pool` and `wait_s`, a lost node (a spot node reclaimed) is a ClusterError that
+    names it and the resource no live node offers: when Ray Data gives up on an actor that
+    cannot be reached, or when no live node has offered what one actor needs for `wait_s`
+    seconds (instead of waiting for it forever).
     """
-    with _unschedulable_watch(pool, wait_s):
+    if pool is None or not wait_s:
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+        return
+    hosts = _Hosts(pool)
+    with _unschedulable_watch(hosts, wait_s):
+        try:
+            yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+        except ray.exceptions.RayActorError:
+            why = hosts.lost(wait_s)
+            if why is None:
+                raise  # the actor died for its own reasons (a bug, OOM): keep the traceback
+            raise ClusterError(f"an actor of the pool was lost: {why}. {_RERUN}") from None
 
 
-def _needs(pool: PoolConf) -> dict[str, float]:
-    return {"CPU": pool.cpus_per_actor, "GPU": pool.gpus_per_actor, **pool.resources}
+_RERUN = (
+    "Start a node that offers it (or change the pool's resources) and rerun: what was "
+    "committed stays, the rest is redone"
+)
 
 
-def _offers(node: dict, needs: dict[str, float]) -> bool:
-    return all(node["Resources"].get(k, 0) >= v for k, v in needs.items() if v)
+class _Hosts:
+    """The nodes that can host one of a pool's actors, remembered from when they were alive:
+    Ray lists a dead node with no resources, and the message should name the one lost."""
 
+    def __init__(self, pool: PoolConf) -> None:
+        self.needs = {"CPU": pool.cpus_per_actor, "GPU": pool.gpus_per_actor, **pool.resources}
+        self.known: dict[str, str] = {}
+        self.missing()
 
-def _missing(needs: dict[str, float]) -> str | None:
-    """Why no live node can host one actor (None when one can): the resource, the lost nodes."""
-    nodes = ray.nodes()
-    if any(n["Alive"] and _offers(n, needs) for n in nodes):
-        return None
-    wanted = ", ".join(f"{k}={v:g}" for k, v in needs.items() if v)
-    lost = [
-        f"{n['NodeID'][:12]} ({n['NodeManagerAddress']})"
-        for n in nodes
-        if not n["Alive"] and _offers(n, needs)
-    ]
-    gone = f"; lost: node {', '.join(lost)}" if lost else ""
-    return f"no live Ray node offers {wanted} (what one actor needs){gone}"
+    def _offers(self, node: dict) -> bool:
+        return all(node["Resources"].get(k, 0) >= v for k, v in self.needs.items() if v)
+
+    def missing(self) -> str | None:
+        """Why no live node can host one actor (None when one can): the resource it needs,
+        and the nodes that could and are dead, with Ray's reason."""
+        nodes = ray.nodes()
+        hosts = {n["NodeID"]: n for n in nodes if n["Alive"] and self._offers(n)}
+        self.known |= {i: f"{i[:12]} ({n['NodeManagerAddress']})" for i, n in hosts.items()}
+        if hosts:
+            return None
+        wanted = ", ".join(f"{k}={v:g}" for k, v in self.needs.items() if v)
+        dead = {n["NodeID"]: n.get("DeathReasonMessage") or "dead" for n in nodes if not n["Alive"]}
+        lost = [f"{name}: {dead[i]}" for i, name in self.known.items() if i in dead]
+        gone = f"; lost: node {', '.join(lost)}" if lost else ""
+        return f"no live Ray node offers {wanted} (what one actor needs){gone}"
+
+    def lost(self, wait_s: float) -> str | None:
+        """`missing`, once Ray has marked the lost node dead (its health checks take seconds,
+        at most `wait_s` here); None if a live node can host an actor after all."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            why = self.missing()
+            if (why is not None and "lost:" in why) or time.monotonic() > deadline:
+                return why
+            time.sleep(1.0)
 
 
 @contextmanager
-def _unschedulable_watch(pool: PoolConf | None, wait_s: float | None) -> Iterator[None]:
+def _unschedulable_watch(hosts: _Hosts, wait_s: float) -> Iterator[None]:
     """Raise ClusterError in this (the main) thread once the pool has been unschedulable
     for `wait_s`: a watcher thread polls the cluster's nodes and signals (SIGUSR1) the main
     thread, whose handler raises; Ray Data has no call to stop an iteration from outside."""
-    if pool is None or not wait_s or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    needs, stop, reason = _needs(pool), threading.Event(), []
+    stop, reason = threading.Event(), []
 
     def watch() -> None:
         since = None
         while not stop.wait(2.0):
-            why = _missing(needs)
+            why = hosts.missing()
             since = None if why is None else since or time.monotonic()
             if since is not None and time.monotonic() - since >= wait_s:
                 reason.append(f"{why}; waited {wait_s:g} s (ray.unschedulable_wait_s)")
@@ -143,10 +175,7 @@ def _unschedulable_watch(pool: PoolConf | None, wait_s: float | None) -> Iterato
                 return
 
     def stop_here(*_: object) -> None:
-        raise ClusterError(
-            f"{reason[0]}. Start a node that offers it (or change the pool's resources) and "
-            "rerun: what was committed stays, the rest is redone"
-        )
+        raise ClusterError(f"{reason[0]}. {_RERUN}")
 
     previous = signal.signal(signal.SIGUSR1, stop_here)
     watcher = threading.Thread(target=watch, name="kar-pool-watch", daemon=True)

@@ -1,4 +1,5 @@
-"""jobs/plumbing/ray_data.py on a real local Ray: commit loops see each block when it is done."""
+"""jobs/plumbing/ray_data.py on a real local Ray: commit loops see each block when it is done;
+a pool no live node can host is named with its resource and the lost node."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs.plumbing.config import GenerateConf
+from jobs.plumbing import ray_data
+from jobs.plumbing.config import GenerateConf, PoolConf
 from jobs.plumbing.ray_data import actor_pool, blocks, outputs
 
 # How long the second call waits for the driver's sign that the first block arrived; on
@@ -52,3 +54,20 @@ def test_outputs_hands_each_block_to_the_driver_when_its_task_ends(tmp_path: Pat
     # The second call ended only after the driver held the first block: a commit follows
     # each block (with Ray Data's default prefetch it timed out: both arrived at the end).
     assert seen == [{"first": True, "saw_first": False}, {"first": False, "saw_first": True}]
+
+
+def test_a_pool_no_live_node_can_host_names_the_resource_and_the_lost_node(monkeypatch):
+    nodes = [
+        {"NodeID": "a" * 40, "NodeManagerAddress": "10.0.0.1", "Alive": True,
+         "Resources": {"CPU": 8.0}},
+        {"NodeID": "b" * 40, "NodeManagerAddress": "10.0.0.2", "Alive": True,
+         "Resources": {"CPU": 4.0, "gpu_pool": 1.0}},
+    ]  # fmt: skip
+    monkeypatch.setattr(ray_data.ray, "nodes", lambda: nodes)
+    hosts = ray_data._Hosts(PoolConf(resources={"gpu_pool": 1}))
+    assert hosts.missing() is None
+    # Lost, as Ray lists a dead node: no resources left, its reason given.
+    nodes[1] |= {"Alive": False, "Resources": {}, "DeathReasonMessage": "missed heartbeats"}
+    why = hosts.missing()
+    assert why is not None and "offers CPU=1, gpu_pool=1" in why
+    assert "lost: node bbbbbbbbbbbb (10.0.0.2): missed heartbeats" in why
