@@ -204,7 +204,8 @@ def test_losing_the_model_node_mid_generate_stops_the_job_and_a_rerun_finishes(n
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(driver.pid, signal.SIGKILL)
     text = log.read_text()
-    assert "Traceback" not in text
+    # The job's own error, no traceback through it (Ray Data logs the actor's error itself).
+    assert "ERROR kar: an actor of the pool was lost" in text and "jobs/cli.py" not in text
     assert "no live Ray node offers CPU=" in text and f"{cluster.MODEL_RESOURCE}=1" in text
     assert "lost: node" in text
     assert stopped_after < 45 + 120  # the configured wait, plus Ray noticing the node died

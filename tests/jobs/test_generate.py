@@ -31,7 +31,7 @@ from factors.sets import load
 from jobs import generate
 from jobs.plumbing import tables
 from jobs.plumbing.config import Config, ConfigError
-from jobs.plumbing.errors import MissingTableError
+from jobs.plumbing.errors import ClusterError, MissingTableError
 from jobs.plumbing.schemas import KNOWLEDGE, PROMPTS, SAMPLES
 
 OVERRIDES = [
@@ -399,3 +399,17 @@ def test_since_selects_the_entities_active_since_that_day(make_config, ray_local
     kinds, ids = pending.column("kind").to_pylist(), pending.column("entity_id").to_pylist()
     got = sorted(zip(kinds, ids, strict=True))
     assert (total, got) == (2, [("item", "i1"), ("user", "u1")])
+
+
+def test_a_pool_no_node_can_host_stops_after_the_configured_wait(make_config, ray_local) -> None:
+    """No node ever offers the pool's resource (the GPU pool is gone): the stage stops after
+    ray.unschedulable_wait_s, naming the resource, instead of waiting forever."""
+    conf = make_config(
+        *OVERRIDES, 'generate.resources={"no_such_pool": 1}', "ray.unschedulable_wait_s=3"
+    )
+    tables.overwrite(conf.table_path("prompts"), _item_prompts(TITLES[:2]), PROMPTS)
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match="offers CPU=.*no_such_pool=1.*waited 3 s"):
+        generate.run(conf, "run-nowhere")
+    assert time.monotonic() - started < 120
+    assert tables.version(conf.table_path("knowledge")) is None  # nothing half-written
