@@ -112,7 +112,7 @@ def test_bad_input_fails_with_file_line_and_fix(spark, tmp_path, case):
 
 def test_headers_are_not_read_with_the_wrong_delimiter_header_too(spark, tmp_path):
     conf = generic(tmp_path)
-    path = conf.interactions.path
+    path = Path(conf.interactions.path)
     path.write_text(path.read_text().replace(",", ";"))
     assert "The header looks ';'-separated, not ','" in message(spark, conf)
 
@@ -120,7 +120,9 @@ def test_headers_are_not_read_with_the_wrong_delimiter_header_too(spark, tmp_pat
 def test_non_utf8_bytes_name_the_line_and_the_encoding_key(spark, tmp_path):
     latin1 = "i1,Café Society (2016),Drama".encode("latin-1")
     conf = generic(tmp_path, items=[])
-    conf.items.path.write_bytes(b"item_id,title,genres\n" + latin1 + b"\ni2,Babe (1995),Kids\n")
+    Path(conf.items.path).write_bytes(
+        b"item_id,title,genres\n" + latin1 + b"\ni2,Babe (1995),Kids\n"
+    )
     got = message(spark, conf)
     assert "items.csv, line 2: the line holds bytes that are not valid utf-8" in got
     assert "Set data.items.encoding to the file's encoding (e.g. latin-1)" in got

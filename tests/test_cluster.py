@@ -54,7 +54,8 @@ def args(nodes: cluster.Cluster, out: str, command: str, *extra: str) -> list[st
         KAR, *command.split(), "--conf", str(ROOT / "conf" / "local.yaml"),
         f"run.output_dir={out}", f"run.cache_dir={CACHE}", f"data.path={ROOT / 'data' / 'ml-100k'}",
         f"spark.master={nodes.spark_master}", f"ray.address={nodes.ray_address}",
-        f"generate.resources={resource}", f"encoder.pool.resources={resource}", *SLICE, *extra,
+        f"generate.resources={resource}", f"encoder.pool.resources={resource}",
+        f"feature_store.repo={ROOT / 'conf' / 'feast'}", *SLICE, *extra,
     ]  # fmt: skip
 
 

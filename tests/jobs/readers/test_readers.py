@@ -268,7 +268,7 @@ def test_generic_errors_missing_column_and_duplicate_id(spark, tmp_path: Path) -
         "Map it in data.items.columns"
     )
 
-    with items.path.open("a", encoding="utf-8") as f:
+    with Path(items.path).open("a", encoding="utf-8") as f:
         f.write("m2,Heat again (1995),Crime\n")
     with pytest.raises(DataError) as err:
         read(spark, conf)
