@@ -124,6 +124,7 @@ class _Hosts:
     def __init__(self, pool: PoolConf) -> None:
         self.needs = {"CPU": pool.cpus_per_actor, "GPU": pool.gpus_per_actor, **pool.resources}
         self.known: dict[str, str] = {}
+        self.lost_nodes: list[str] = []  # known hosts Ray lists as dead, as of `missing`
         self.missing()
 
     def _offers(self, node: dict) -> bool:
@@ -139,8 +140,8 @@ class _Hosts:
             return None
         wanted = ", ".join(f"{k}={v:g}" for k, v in self.needs.items() if v)
         dead = {n["NodeID"]: n.get("DeathReasonMessage") or "dead" for n in nodes if not n["Alive"]}
-        lost = [f"{name}: {dead[i]}" for i, name in self.known.items() if i in dead]
-        gone = f"; lost: node {', '.join(lost)}" if lost else ""
+        self.lost_nodes = [f"{name}: {dead[i]}" for i, name in self.known.items() if i in dead]
+        gone = f"; lost: node {', '.join(self.lost_nodes)}" if self.lost_nodes else ""
         return f"no live Ray node offers {wanted} (what one actor needs){gone}"
 
     def lost(self, wait_s: float) -> str | None:
@@ -149,7 +150,7 @@ class _Hosts:
         deadline = time.monotonic() + wait_s
         while True:
             why = self.missing()
-            if (why is not None and "lost:" in why) or time.monotonic() > deadline:
+            if (why is not None and self.lost_nodes) or time.monotonic() > deadline:
                 return why
             time.sleep(1.0)
 
