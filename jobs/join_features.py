@@ -10,31 +10,34 @@ a zero vector and has_kar = false, so a trainer needs no null handling.
     kar join --conf conf/local.yaml --out train.parquet [--version N | --as-of 2026-11-15]
     spark-submit --py-files dist/kar-job.zip jobs/cli.py join --conf ... --out ...
 
-Spark writes the result into a staging folder beside `--out`; only a complete
-result replaces the old one (Parquet: a folder swap; Delta: one overwrite commit).
+`--out` and `--samples` are paths or URIs (`s3://`, `gs://`, `abfss://`), opened with
+`storage.options` like every table. Spark tasks write the result's files through
+`pyarrow.fs`, so no Hadoop connector is needed; only a complete result replaces the old
+one: Delta by one overwrite commit (anywhere), Parquet by a folder swap (local disk only:
+an object store cannot swap a folder, so Parquet output there is refused up front).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Literal
 
-import pyarrow.dataset as ds
-from deltalake import CommitProperties, write_deltalake
+import pyarrow as pa
+import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import MissingTableError
-from jobs.plumbing.spark import read_delta, session
+from jobs.plumbing.spark import read_delta, read_parquet, session, write_parts
+from jobs.plumbing.storage import Location, StorageError
 from jobs.readers import DataError
 from jobs.rules.vectors import Snapshot, resolve
 
@@ -55,33 +58,34 @@ class JoinResult:
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output folder (Parquet or Delta)")
+    parser.add_argument("--out", required=True, help="output folder or URI (Parquet or Delta)")
     parser.add_argument("--format", choices=["parquet", "delta"], default="parquet")
     parser.add_argument(
         "--samples",
-        type=Path,
         default=None,
-        help="samples table: a Delta table or Parquet path (default: this run's samples table)",
+        help="samples: a Delta table or Parquet path or URI (default: this run's samples table)",
     )
     parser.add_argument("--user-col", default="user_id", help="user id column of the samples")
     parser.add_argument("--item-col", default="item_id", help="item id column of the samples")
 
 
-def read_samples(spark: SparkSession, conf: Config, path: Path | None) -> DataFrame:
-    """The samples to join: our samples table, or any Delta table / Parquet path."""
-    if path is None:
+def read_samples(spark: SparkSession, conf: Config, uri: str | None) -> DataFrame:
+    """The samples to join: our samples table, or any Delta table / Parquet path or URI."""
+    if uri is None:
         path = conf.table_path("samples")
         if tables.open_table(path) is None:
             raise MissingTableError(
                 f"no samples table at {path}; run kar prepare first or pass --samples"
             )
         return read_delta(spark, path, schemas.SAMPLES)
-    if not path.exists():
-        raise DataError(f"--samples {path} does not exist")
-    table = tables.open_table(path) if (path / "_delta_log").is_dir() else None
+    where = conf.location(uri)
+    table = tables.open_table(where)
     if table is not None:
-        return spark.read.parquet(*table.file_uris())
-    return spark.read.parquet(str(path))
+        return read_delta(spark, where, pa.schema(table.schema().to_arrow()))
+    fs, path = where.filesystem()
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise DataError(f"--samples {uri} does not exist")
+    return read_parquet(spark, where)
 
 
 def _vectors_of(spark: SparkSession, snapshot: Snapshot, kind: str) -> tuple[DataFrame, int]:
@@ -124,43 +128,63 @@ def join(
     return out.withColumn("kar_vectors_version", F.lit(snapshot.version).cast("long"))
 
 
-def _replace_folder(staging: Path, out: Path) -> None:
-    """Swap a finished staging folder in for `out`: readers see the old or the new, never half."""
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    if out.exists():
-        out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+def _swap_in(staging: Location, out: Location) -> None:
+    """Swap a finished staging folder in for `out` (local disk): readers see the old or the
+    new, never half."""
+    fs, new = staging.filesystem()
+    _, target = out.filesystem()
+    old = f"{target}.old-{uuid.uuid4().hex[:8]}"
+    if fs.get_file_info(target).type != pafs.FileType.NotFound:
+        fs.move(target, old)
+        fs.move(new, target)
+        fs.delete_dir(old)
+    else:
+        fs.move(new, target)
 
 
-def write(df: DataFrame, out: Path, fmt: OutputFormat, snapshot: Snapshot) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:8]}")
-    try:
-        df.write.parquet(str(staging))
-        if fmt == "parquet":
-            _replace_folder(staging, out)
-            return
-        # Spark cannot write Delta here (no connector jars); stream its Parquet into one commit.
-        data = ds.dataset(str(staging), format="parquet")
-        write_deltalake(
-            str(out),
-            data.scanner().to_reader(),
+def write(df: DataFrame, out: Location, fmt: OutputFormat, snapshot: Snapshot) -> pa.Schema:
+    """Write the joined rows from Spark tasks; the driver commits (Delta) or swaps (Parquet).
+    Returns the written schema."""
+    schema = to_arrow_schema(df.schema)
+    if fmt == "delta":
+        # One overwrite commit of files the tasks wrote: readers see the old or the new result;
+        # files of a failed attempt were never committed and go at the table's next vacuum.
+        parts = write_parts(df, out, schema)
+        tables.commit_parts(
+            out,
+            parts,
+            schema,
             mode="overwrite",
-            schema_mode="overwrite",
-            commit_properties=CommitProperties(
-                custom_metadata={"kar_vectors_version": str(snapshot.version)}
-            ),
+            metadata={"kar_vectors_version": str(snapshot.version)},
         )
+        return schema
+    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    try:
+        fs, path = staging.filesystem()
+        fs.create_dir(path, recursive=True)  # an empty result is an empty folder
+        write_parts(df, staging, schema)
+        _swap_in(staging, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        fs, path = staging.filesystem()
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+    return schema
+
+
+def _check_out(out: Location, fmt: OutputFormat) -> None:
+    """Refuse an output that cannot be replaced whole, before any Spark work."""
+    if fmt == "parquet" and not out.is_local:
+        raise StorageError(
+            f"--out {out}: a Parquet folder on an object store cannot be replaced whole "
+            "(no atomic rename there); use --format delta, whose overwrite is one commit"
+        )
 
 
 def run(
     conf: Config,
-    out: Path,
+    out: str,
     fmt: OutputFormat = "parquet",
-    samples_path: Path | None = None,
+    samples_uri: str | None = None,
     version: int | None = None,
     as_of: datetime | None = None,
     user_col: str = "user_id",
@@ -168,6 +192,8 @@ def run(
     spark: SparkSession | None = None,
 ) -> JoinResult:
     started = time.monotonic()
+    target = conf.location(out)
+    _check_out(target, fmt)
     snapshot = resolve(conf.table_path("vectors"), version, as_of)
     log.info(
         "joining vectors version %d (committed %s) onto samples",
@@ -175,9 +201,10 @@ def run(
         snapshot.committed_at.isoformat(),
     )
     spark = spark or session(conf.spark, app_name="kar-join-features")
-    joined = join(spark, read_samples(spark, conf, samples_path), snapshot, user_col, item_col)
-    write(joined, out, fmt, snapshot)
-    written = spark.read.parquet(*_files(out, fmt))
+    joined = join(spark, read_samples(spark, conf, samples_uri), snapshot, user_col, item_col)
+    schema = write(joined, target, fmt, snapshot)
+    reader = read_delta if fmt == "delta" else read_parquet
+    written = reader(spark, target, schema)
     counts = written.agg(
         F.count("*").alias("rows"),
         F.countDistinct(F.when(~F.col("user_has_kar"), F.col(user_col))).alias("users"),
@@ -191,9 +218,9 @@ def run(
             counts["items"],
             snapshot.version,
         )
-    log.info("wrote %d joined rows to %s (%s)", counts["rows"], out, fmt)
+    log.info("wrote %d joined rows to %s (%s)", counts["rows"], target, fmt)
     return JoinResult(
-        out=str(out.resolve()),
+        out=target.uri,
         format=fmt,
         rows=counts["rows"],
         users_without_vector=counts["users"],
@@ -201,10 +228,3 @@ def run(
         vectors_version=snapshot.version,
         seconds=time.monotonic() - started,
     )
-
-
-def _files(out: Path, fmt: OutputFormat) -> list[str]:
-    if fmt == "delta":
-        table = tables.open_table(out)
-        return table.file_uris() if table is not None else []
-    return [str(out)]

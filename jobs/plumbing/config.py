@@ -429,6 +429,11 @@ class Config(_Section):
             where = where / part
         return where
 
+    def location(self, uri: str) -> Location:
+        """Any other location the user names (`kar join --out`, `--samples`), opened with
+        storage.options like the run's own tables."""
+        return storage.location(uri, self.storage.options)
+
     def table_path(self, name: str) -> Location:
         """Where Delta table `name` lives for this run's output directory."""
         return self.output("tables", name)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyspark import SparkConf as JavaSparkConf
 from pyspark import SparkContext
@@ -115,6 +117,25 @@ def read_delta(
     if where.is_local:
         return spark.read.schema(spark_schema).parquet(*files)
     return _read_in_tasks(spark, where, files, schema)
+
+
+def read_parquet(
+    spark: SparkSession, where: Location, schema: pa.Schema | None = None
+) -> DataFrame:
+    """A Parquet file or folder at `where` as a DataFrame (in `schema`, else the files' own):
+    Spark's reader on local disk, Spark tasks through `pyarrow.fs` on an object store. The
+    driver lists the files and reads one footer for the schema (bounded: no rows)."""
+    if where.is_local:
+        reader = spark.read.schema(from_arrow_schema(schema)) if schema else spark.read
+        return reader.parquet(where.uri)
+    fs, path = where.filesystem()
+    data = ds.dataset(path, filesystem=fs, format="parquet", schema=schema)
+    # Each file's URI is the location's plus its path below it (a single file: the location).
+    files = [
+        posixpath.join(where.uri, rest) if (rest := f[len(path) :].lstrip("/")) else where.uri
+        for f in data.files
+    ]
+    return _read_in_tasks(spark, where, files, schema or data.schema)
 
 
 def _read_in_tasks(
