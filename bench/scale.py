@@ -11,11 +11,13 @@ Per size and stage: wall seconds, rows (the stage's unit: interactions for
 prepare, prompts for generate, vectors for encode and adapt, entities for
 publish) and rows/s, the peak RSS of the stage's Python driver process (its own,
 children excluded), of Spark's JVM (in local mode it also executes) and of the
-Ray worker processes (their summed RSS at the fullest sample). A stage that
+Ray worker processes (their summed proportional set size at the fullest sample: pages
+of the shared object store count once, not once per worker that maps them). A stage that
 fails or runs past --stage-timeout is reported with its exit code and last error
 line; the size's later stages are skipped and the next size runs. The last line
 is one JSON object: sizes, stages, standins, data, driver_rss_ratio (peak driver
-RSS over all stages at the largest size / at the smallest).
+RSS over all stages at the largest size / at the smallest) and workers_rss_ratio (per
+stage, the same for its Ray workers' summed peak).
 
     .venv/bin/python bench/scale.py                              # 10k and 100k users
     .venv/bin/python bench/scale.py --sizes 10000 100000 1000000 --spark-driver-memory 8g
@@ -265,6 +267,16 @@ def _peak_rss(proc: psutil.Process) -> int:
     return proc.memory_info().rss
 
 
+def _shared_once(proc: psutil.Process) -> int:
+    """The process's proportional set size: shared pages divided among the processes that
+    map them. Ray workers map the same object-store pages, which summed RSS would count
+    once per worker that read them."""
+    try:
+        return proc.memory_full_info().pss
+    except (AttributeError, psutil.AccessDenied):  # PSS is Linux's
+        return proc.memory_info().rss
+
+
 def _kind(proc: psutil.Process) -> str | None:
     """'jvm', 'ray_worker' or None, from the name and command line (either may be empty)."""
     try:
@@ -302,7 +314,7 @@ class Sampler:
                 if kind == "jvm":
                     self.jvm_peak = max(self.jvm_peak, _peak_rss(child))
                 elif kind == "ray_worker":
-                    ray_rss += child.memory_info().rss
+                    ray_rss += _shared_once(child)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         self.ray_peak = max(self.ray_peak, ray_rss)
@@ -478,6 +490,18 @@ def driver_rss_ratio(stages: dict[str, dict[str, StageFigures]]) -> float | None
     return round(peaks[sizes[-1]] / peaks[sizes[0]], 3)
 
 
+def workers_rss_ratio(stages: dict[str, dict[str, StageFigures]]) -> dict[str, float | None]:
+    """Per stage: its Ray workers' peak (summed) RSS at the largest size / at the smallest."""
+    sizes = sorted(stages, key=int)
+    ratios: dict[str, float | None] = {}
+    for stage in STAGES:
+        ends = [stages[size].get(stage) for size in (sizes[0], sizes[-1])] if sizes else []
+        peaks = [f.ray_workers_rss_mb if f else None for f in ends]
+        ok = len(sizes) > 1 and all(peaks)
+        ratios[stage] = round(peaks[1] / peaks[0], 3) if ok else None
+    return ratios
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -516,7 +540,8 @@ def bench_size(
 
 
 def summary(done: dict[str, Any]) -> dict[str, Any]:
-    """The bench's JSON figures: sizes, stages, standins, data, driver_rss_ratio."""
+    """The bench's JSON figures: sizes, stages, standins, data, driver_rss_ratio and
+    workers_rss_ratio."""
     stages: dict[str, dict[str, StageFigures]] = done["stages"]
     return {
         "sizes": [int(size) for size in stages],
@@ -527,6 +552,7 @@ def summary(done: dict[str, Any]) -> dict[str, Any]:
         "standins": STANDINS,
         "data": {size: asdict(s) for size, s in done["data"].items()},
         "driver_rss_ratio": driver_rss_ratio(stages),
+        "workers_rss_ratio": workers_rss_ratio(stages),
     }
 
 

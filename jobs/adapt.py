@@ -6,6 +6,10 @@ vectors of those answers). Trains the backbone (adapt.backbone, DIN by default)
 alone and with the co-trained adaptor on the same split, seed and epochs, logs
 both AUCs, then runs every entity's current text through its adaptor tower.
 
+Where it runs: training and the gate run in one Ray worker that reserves adapt.worker
+(on a cluster, a GPU node; jobs/adapting/trainer.py); the driver reads versions and
+commit metadata, starts the worker, waits, and commits, and never imports torch.
+
 Scale: training and the gate read a bounded, seeded sample of at most
 adapt.max_train_rows CTR samples and only the knowledge, embeddings, attributes and
 live vectors of the sample's entities (jobs/adapting/training.py). The export of every
@@ -35,27 +39,22 @@ since the last decision, it trains nothing and writes nothing.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from adapters import gate
-from adapters.data import EntityMatrix
-from adapters.moe import HybridExpertAdaptor, Tower
-from adapters.train import train_and_evaluate
-from adapters.vectors import export
 from jobs.adapting import training, vector_export
-from jobs.plumbing import faults, schemas, tables
+from jobs.plumbing import faults, logs, schemas, tables
 from jobs.plumbing.config import Config
-from jobs.plumbing.errors import InputError, MissingTableError
+from jobs.plumbing.errors import MissingTableError
+from jobs.plumbing.ray_data import ensure_ray, run_task
 from jobs.plumbing.storage import Location
-from jobs.rules import ctr, knowledge, vectors
+from jobs.rules import vectors
+
+if TYPE_CHECKING:
+    from jobs.adapting import trainer
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ def input_fingerprint(conf: Config, versions: dict[str, int | None], samples_tot
     knowledge, embeddings: the last change of each, `tables.content_version`, so `kar
     maintain`'s compactions and `kar forget`'s erasures change nothing), how many samples
     there were (the sample's size follows from it and adapt.max_train_rows), the adapt
-    config and the seed; no entity keys."""
+    config (not where it runs: adapt.worker) and the seed; no entity keys."""
     contents = {
         name: None if at is None else tables.content_version(conf.table_path(name), at)
         for name, at in versions.items()
@@ -102,7 +101,7 @@ def input_fingerprint(conf: Config, versions: dict[str, int | None], samples_tot
     payload = {
         "versions": contents,
         "samples_total": samples_total,
-        "adapt": conf.adapt.model_dump(mode="json"),
+        "adapt": conf.adapt.model_dump(mode="json", exclude={"worker"}),
         "seed": conf.run.seed,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -171,11 +170,22 @@ def run(conf: Config, run_id: str) -> AdaptResult:
         return AdaptResult(
             **unchanged, vectors_written=0, skipped=True, seconds=time.monotonic() - started
         )
-    trained = _train(conf, versions, total)
-    publish, gate_fields = _gate(conf, live, trained)
-    log.log(logging.INFO if publish else logging.WARNING, "%s", gate_fields["gate"])
-    result = {**trained.metrics, **gate_fields, **trained.drawn}
-    if not publish:
+    checkpoint = adaptor_checkpoint(conf, run_id)
+    ensure_ray(conf.ray)
+    outcome = run_task(
+        _train_in_worker,
+        conf,
+        versions,
+        total,
+        live,
+        checkpoint,
+        {"input_fingerprint": input_fp, "version_id": run_id},
+        pool=conf.adapt.worker,
+        wait_s=conf.ray.unschedulable_wait_s,
+    )
+    log.log(logging.INFO if outcome.publish else logging.WARNING, "%s", outcome.gate["gate"])
+    result = {**outcome.metrics, **outcome.gate, **outcome.drawn}
+    if not outcome.publish:
         _remember_rejection(conf, input_fp, result)
         return AdaptResult(
             **result,
@@ -184,7 +194,7 @@ def run(conf: Config, run_id: str) -> AdaptResult:
             skipped=True,
             seconds=time.monotonic() - started,
         )
-    version, written = _publish(conf, trained, versions, run_id, input_fp)
+    version, written = _publish(conf, outcome, checkpoint, versions, run_id, input_fp)
     return AdaptResult(
         **result,
         vectors_version=version,
@@ -220,139 +230,26 @@ def _unchanged(
     return None
 
 
-@dataclass(frozen=True)
-class _Trained:
-    """What one training leaves for the gate and the export."""
+def _train_in_worker(conf: Config, *args: object) -> trainer.Outcome:
+    """trainer.train_and_gate, imported in the Ray worker: the driver never loads torch."""
+    from jobs.adapting import trainer
 
-    adaptor: HybridExpertAdaptor
-    metrics: dict[str, float]  # METRICS
-    drawn: dict  # train_rows, samples_total, sampled: the AdaptResult fields of the sample
-    samples: pa.Table  # the drawn samples after their users' training prompts
-    attributes: pa.Table
-    texts: dict[Tower, EntityMatrix]  # the text embeddings trained with
-    user_knowledge: pa.Table  # the sample's users' usable knowledge (where prompts ended)
-
-
-def _train(conf: Config, versions: dict[str, int | None], total: int) -> _Trained:
-    """Draw the samples, pair each user with a leak-free text, and train the backbone alone
-    and with the co-trained adaptor on the same split, seed and epochs."""
-    sample = training.train_sample(conf, conf.table_path("samples"), versions["samples"])
-    attributes = training.sample_attributes(conf, sample, versions["attributes"])
-    items, user_rows, user_knowledge = training.sample_knowledge(conf, sample.rows, versions)
-    # No leakage: each user's text is trained only against samples after its prompt.
-    trained_on = knowledge.training_users(sample.rows, user_rows)
-    if trained_on.num_rows == 0:
-        raise InputError(
-            "no user knowledge ended before any of its user's CTR samples, so the adaptor has "
-            "no leak-free text to train on; keep refresh.bootstrap_users unset (or > 0) so "
-            "users get KAR's-cut prompts, and rerun kar prepare, generate and encode"
-        )
-    samples = knowledge.after_prompts(
-        sample.rows, trained_on.column("entity_id"), trained_on.column("history_end")
-    )
-    log.info(
-        "adapt: %d users' texts against the %d samples after their prompts (no sample inside "
-        "its prompt), of %d drawn from %d",
-        trained_on.num_rows,
-        samples.num_rows,
-        sample.rows.num_rows,
-        total,
-    )
-    texts = {
-        "user": ctr.entity_matrix(trained_on, "user"),
-        "item": ctr.entity_matrix(items, "item"),
-    }
-    data = ctr.ctr_inputs(conf, samples, attributes, conf.run.seed, texts["user"], texts["item"])
-    without = train_and_evaluate(data, conf.adapt, conf.run.seed)
-    with_kar = train_and_evaluate(data, conf.adapt, conf.run.seed, kar="cotrained")
-    log.info(
-        "test AUC %.4f -> %.4f with KAR (%+.4f); LogLoss %.4f -> %.4f",
-        without.auc,
-        with_kar.auc,
-        with_kar.auc - without.auc,
-        without.logloss,
-        with_kar.logloss,
-    )
-    return _Trained(
-        adaptor=with_kar.model.adaptor.cpu(),
-        metrics={
-            "auc_without": without.auc,
-            "auc_with": with_kar.auc,
-            "logloss_without": without.logloss,
-            "logloss_with": with_kar.logloss,
-        },
-        drawn={
-            "train_rows": sample.rows.num_rows,
-            "samples_total": total,
-            "sampled": sample.sampled,
-        },
-        samples=samples,
-        attributes=attributes,
-        texts=texts,
-        user_knowledge=user_knowledge,
-    )
-
-
-def _gate(conf: Config, live: vectors.Snapshot | None, trained: _Trained) -> tuple[bool, dict]:
-    """(publish?, AdaptResult's gate fields): the new vectors against the live version's,
-    both frozen (adapters.gate), on the sample's samples after both prompts: the live
-    vector's and the training text's. Only the sample's entities' vectors are read."""
-    vectors_path = conf.table_path("vectors")
-    if live is None:
-        return True, {"gate": "published: no live vectors version to compare with"}
-    live_version = live.version
-    if not conf.adapt.gate.enabled:
-        return True, {"gate": "published: adapt.gate.enabled is false"}
-    samples, seed = trained.samples, conf.run.seed
-    sample_users = pc.unique(samples.column("user_id"))
-    live_users = _vector_prompts(conf, live.rows_version, trained.user_knowledge, sample_users)
-    part = knowledge.after_prompts(
-        samples, live_users.column("entity_id"), live_users.column("history_end")
-    )
-    new = export(trained.adaptor, trained.texts)
-    only = (sample_users, pc.unique(samples.column("item_id")))
-    try:
-        live_vectors = ctr.read_vectors(vectors_path, live.rows_version, only=only)
-        live_data = ctr.ctr_inputs(conf, part, trained.attributes, seed, *live_vectors)
-        new_data = ctr.ctr_inputs(conf, part, trained.attributes, seed, new["user"], new["item"])
-    except tables.SchemaError:
-        raise  # broken live vectors are a failure, not a reason to publish ungated
-    except InputError as e:
-        # Few users were active since the live vectors' prompts: nothing fair to score.
-        return True, {"gate": f"published: too few samples after the live vectors' prompts ({e})"}
-    tolerance = conf.adapt.gate.tolerance
-    score = gate.score(live_data, new_data, conf.adapt, seed, tolerance)
-    fields: dict = {"gate_live_auc": score.live_auc, "gate_new_auc": score.new_auc}
-    if not score.passed:
-        fields["gate"] = (
-            f"kept live vectors version {live_version}: the new vectors' held-out AUC "
-            f"{score.new_auc:.4f} is {score.live_auc - score.new_auc:.4f} below the live "
-            f"version's {score.live_auc:.4f} (adapt.gate.tolerance {tolerance})"
-        )
-    else:
-        fields["gate"] = (
-            f"published: held-out AUC {score.new_auc:.4f} with the new vectors vs "
-            f"{score.live_auc:.4f} with live version {live_version} (adapt.gate.tolerance "
-            f"{tolerance})"
-        )
-    return score.passed, fields
+    logs.setup(conf.run.log_level)  # a Ray worker starts with Python's default logging
+    return trainer.train_and_gate(conf, *args)
 
 
 def _publish(
     conf: Config,
-    trained: _Trained,
+    outcome: trainer.Outcome,
+    checkpoint: Location,
     versions: dict[str, int | None],
     run_id: str,
     input_fp: str,
 ) -> tuple[int, int]:
-    """(vectors version, vectors written): save the adaptor, export every entity's vector
-    and commit them all in one overwrite: the vectors table is one version per adapt, and a
-    run killed before the commit leaves the live version as it was."""
-    checkpoint = adaptor_checkpoint(conf, run_id)
-    buffer = io.BytesIO()
-    trained.adaptor.save(buffer, input_fingerprint=input_fp, version_id=run_id)
-    checkpoint.write_bytes(buffer.getvalue())
-    parts = vector_export.export_vectors(conf, trained.adaptor, versions, run_id, input_fp)
+    """(vectors version, vectors written): export every entity's vector through the saved
+    adaptor and commit them all in one overwrite: the vectors table is one version per
+    adapt, and a run killed before the commit leaves the live version as it was."""
+    parts = vector_export.export_vectors(conf, checkpoint, versions, run_id, input_fp)
     faults.point("adapt:before-vectors")
     version = tables.commit_parts(
         conf.table_path("vectors"),
@@ -363,35 +260,14 @@ def _publish(
             "run_id": run_id,
             "input_fingerprint": input_fp,
             "adaptor_checkpoint": str(checkpoint),
-            **{k: repr(v) for k, v in trained.metrics.items()},
+            **{k: repr(v) for k, v in outcome.metrics.items()},
             # Provenance of the training data: how many samples, and whether sampled.
-            "train_rows": str(trained.drawn["train_rows"]),
-            "samples_total": str(trained.drawn["samples_total"]),
-            "train_sampled": str(trained.drawn["sampled"]),
+            "train_rows": str(outcome.drawn["train_rows"]),
+            "samples_total": str(outcome.drawn["samples_total"]),
+            "train_sampled": str(outcome.drawn["sampled"]),
         },
     )
     return version, sum(p["rows"] for p in parts)
-
-
-def _vector_prompts(conf: Config, version: int, know: pa.Table, users: pa.Array) -> pa.Table:
-    """entity_id, history_end: where the prompt behind each user vector of `version` ended,
-    for the users `users` (the sample's), from `know` (their usable knowledge).
-
-    A vector whose knowledge row is gone or predates the window columns gets an end
-    past every sample, so the gate never scores it on a sample its prompt may hold.
-    """
-    where = knowledge.of_entities("user", users)
-    columns = ["entity_id", "fingerprint"]
-    stored = tables.read_where(conf.table_path("vectors"), schemas.VECTORS, where, version, columns)
-    know = know.select(["entity_id", "fingerprint", "history_end"])
-    ends = stored.join(know, ["entity_id", "fingerprint"], join_type="left outer")
-    unknown = pa.scalar(np.iinfo(np.int32).max, pa.int32())
-    return pa.table(
-        {
-            "entity_id": ends.column("entity_id"),
-            "history_end": pc.fill_null(ends.column("history_end"), unknown),
-        }
-    )
 
 
 def _rejection_path(conf: Config, input_fp: str) -> Location:

@@ -87,5 +87,5 @@ def test_the_rules_see_the_layout():
     """Guards the checks above against passing on nothing."""
     assert {"jobs.prepare", "jobs.adapt", "jobs.evaluate"} <= STAGES
     assert "jobs.plumbing.tables" in imports("jobs.adapt")
-    assert {"jobs.adapting.training", "jobs.rules.knowledge"} <= imports("jobs.adapt")
+    assert {"jobs.adapting.training", "jobs.rules.vectors"} <= imports("jobs.adapt")
     assert "adapters.vectors" in imports("jobs.evaluate")

@@ -9,7 +9,14 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bench.scale import StageFigures, driver_rss_ratio, run_stage, store_over_disk, write_inputs
+from bench.scale import (
+    StageFigures,
+    driver_rss_ratio,
+    run_stage,
+    store_over_disk,
+    workers_rss_ratio,
+    write_inputs,
+)
 
 
 def test_inputs_are_seeded_zipf_with_mean_history_near_30(tmp_path: Path) -> None:
@@ -49,6 +56,22 @@ def test_driver_rss_ratio_is_largest_over_smallest_size() -> None:
     }
     assert driver_rss_ratio(stages) == 1.5
     assert driver_rss_ratio({"10000": stages["10000"]}) is None
+
+
+def test_workers_rss_ratio_is_per_stage_largest_over_smallest_size() -> None:
+    stages = {
+        "10000": {
+            "adapt": StageFigures("ok", ray_workers_rss_mb=400.0),
+            "encode": StageFigures("ok", ray_workers_rss_mb=100.0),
+        },
+        "100000": {
+            "adapt": StageFigures("ok", ray_workers_rss_mb=500.0),
+            "encode": StageFigures("failed"),
+        },
+    }
+    ratios = workers_rss_ratio(stages)
+    assert (ratios["adapt"], ratios["encode"], ratios["prepare"]) == (1.25, None, None)
+    assert workers_rss_ratio({"10000": stages["10000"]})["adapt"] is None
 
 
 def test_store_figures_are_divided_by_the_same_stage_on_disk() -> None:

@@ -3,8 +3,9 @@ the `vectors` table for the stage to commit in one overwrite.
 
 Each entity's current usable knowledge is joined with the newest embedding of exactly
 that answer; below ray.local_rows in Arrow in this process (tiny runs need no Ray
-shuffle), above it as a Ray Data stream mapped by VectorWriter actors, so only part
-rows reach the driver. Both write the same rows.
+shuffle), above it as a Ray Data stream. Either way VectorWriter actors load the adaptor
+from its checkpoint and map the rows, so only part rows reach the driver, and the driver
+never loads torch. Both write the same rows.
 """
 
 from __future__ import annotations
@@ -16,47 +17,17 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from adapters.moe import HybridExpertAdaptor
-from adapters.vectors import export
 from jobs.adapting.training import with_embeddings, with_llm_model
 from jobs.plumbing import schemas, tables
 from jobs.plumbing.config import Config
 from jobs.plumbing.errors import InputError
 from jobs.plumbing.storage import Location
-from jobs.rules import ctr, knowledge
+from jobs.rules import knowledge
 
 if TYPE_CHECKING:
     import ray.data
 
 log = logging.getLogger(__name__)
-
-
-def knowledge_vectors(
-    adaptor: HybridExpertAdaptor,
-    current: pa.Table,
-    version_id: str,
-    input_fp: str,
-    created_at: datetime,
-) -> pa.Table:
-    """The VECTORS rows of embedded entities (`current`: knowledge rows with their text
-    embedding): each embedding through its own tower, with the knowledge it came from."""
-    parts = []
-    for kind, vectors in export(adaptor, ctr.embedding_matrices(current)).items():
-        meta = current.filter(pc.equal(current.column("kind"), kind))
-        parts.append(
-            ctr.vector_rows(
-                kind,
-                vectors,
-                created_at,
-                version_id=version_id,
-                fingerprint=meta.column("fingerprint"),
-                llm_model=meta.column("llm_model"),
-                encoder_model=meta.column("encoder_model"),
-                adaptor=adaptor.describe(),
-                input_fingerprint=input_fp,
-            )
-        )
-    return pa.concat_tables(parts) if parts else schemas.VECTORS.empty_table()
 
 
 # Entities per `vectors` file the export writes (one map_batches call).
@@ -71,25 +42,29 @@ class VectorWriter:
     embedding of it become one Parquet part of `vectors` (the trained adaptor's towers).
 
     Returns that part's tables.PART row plus `missing`: rows without an embedding of
-    their current knowledge, which get no vector. Run as a Ray Data actor (the adaptor is
-    built once per actor) or in-process on the small-table path.
+    their current knowledge, which get no vector. A Ray Data actor: it loads the adaptor
+    from `checkpoint` once, and memory holds the adaptor and one batch.
     """
 
     def __init__(
         self,
-        adaptor: HybridExpertAdaptor,
+        checkpoint: Location,
         path: Location,
         version_id: str,
         input_fp: str,
         created_at: datetime,
     ) -> None:
-        self.adaptor, self.path = adaptor.eval(), path
+        # Imported here, in the worker: the driver that builds the pipeline needs no torch.
+        from jobs.adapting import trainer
+
+        self.vectors_of = trainer.knowledge_vectors
+        self.adaptor, self.path = trainer.load_adaptor(checkpoint), path
         self.version_id, self.input_fp, self.created_at = version_id, input_fp, created_at
 
     def __call__(self, rows: pa.Table) -> pa.Table:
         has = pc.is_valid(rows.column("embedding"))
         embedded = with_llm_model(rows.filter(has))
-        out = knowledge_vectors(
+        out = self.vectors_of(
             self.adaptor, embedded, self.version_id, self.input_fp, self.created_at
         )
         part = {"file": "", "size": 0, "rows": 0, "modified_ms": 0, "stats": ""}
@@ -136,50 +111,50 @@ def export_stream(conf: Config, embeddings_version: int | None) -> ray.data.Data
 
 def export_vectors(
     conf: Config,
-    adaptor: HybridExpertAdaptor,
+    checkpoint: Location,
     versions: dict[str, int | None],
     version_id: str,
     input_fp: str,
 ) -> list[dict]:
-    """Write every entity's vector as parts of the `vectors` table (not committed yet);
-    returns their PART rows.
+    """Write every entity's vector through the adaptor saved at `checkpoint` as parts of
+    the `vectors` table (not committed yet); returns their PART rows.
 
     Below ray.local_rows (knowledge + embeddings) the join is Arrow in this process
-    (tiny runs need no Ray shuffle); above it a Ray Data stream (export_stream) mapped by
-    VectorWriter actors, so only PART rows reach the driver. Both write the same rows.
+    (tiny runs need no Ray shuffle); above it a Ray Data stream (export_stream). Either
+    way VectorWriter actors map it, so only PART rows reach the driver.
     """
+    import ray.data
+
+    from jobs.plumbing.ray_data import blocks, ensure_ray, outputs
+
+    ensure_ray(conf.ray)
     path = conf.table_path("vectors")
     know_path, emb_path = conf.table_path("knowledge"), conf.table_path("embeddings")
-    writer_args = (adaptor, path, version_id, input_fp, datetime.now(UTC))
-    if tables.count(know_path) + tables.count(emb_path, versions["embeddings"]) <= (
+    local = tables.count(know_path) + tables.count(emb_path, versions["embeddings"]) <= (
         conf.ray.local_rows
-    ):
+    )
+    no_embedding = 0
+    if local:
         current = knowledge.current(knowledge.read_usable(know_path, ["model_id"]))
         embs = tables.read(emb_path, schemas.EMBEDDINGS, versions["embeddings"])
         joined = with_embeddings(current, embs)
-        writer = VectorWriter(*writer_args)
-        results = [
-            writer(joined.slice(start, EXPORT_ROWS))
-            for start in range(0, joined.num_rows, EXPORT_ROWS)
-        ]
-        results.append(pa.table({"rows": [0], "missing": [current.num_rows - joined.num_rows]}))
+        no_embedding = current.num_rows - joined.num_rows
+        rows = blocks(joined, EXPORT_ROWS)
     else:
-        import ray.data
-
-        from jobs.plumbing.ray_data import ensure_ray, outputs
-
-        ensure_ray(conf.ray)
-        parts = export_stream(conf, versions["embeddings"]).map_batches(
-            VectorWriter,
-            fn_constructor_args=writer_args,
-            batch_size=EXPORT_ROWS,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=knowledge.partitions()),
-            num_cpus=1,
-        )
-        results = list(outputs(parts))
+        rows = export_stream(conf, versions["embeddings"])
+    parts = rows.map_batches(
+        VectorWriter,
+        fn_constructor_args=(checkpoint, path, version_id, input_fp, datetime.now(UTC)),
+        batch_size=EXPORT_ROWS,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(
+            min_size=1, max_size=1 if local else knowledge.partitions()
+        ),
+        num_cpus=1,
+    )
+    results = list(outputs(parts))
     written = [p for r in results for p in r.to_pylist() if p["rows"]]
-    missing = sum(pc.sum(r.column("missing")).as_py() or 0 for r in results)
+    missing = no_embedding + sum(pc.sum(r.column("missing")).as_py() or 0 for r in results)
     exported = sum(p["rows"] for p in written)
     if missing:
         log.warning(

@@ -328,6 +328,27 @@ class AdaptConf(TrainConf):
     # default covers the embedded ML-100K run whole (not sampled).
     max_train_rows: int = Field(default=2_000_000, gt=0)
     gate: GateConf = Field(default_factory=GateConf)
+    # The one Ray worker that trains (and gates): its CPUs, GPUs and custom resources, so
+    # on a cluster it lands on a GPU node, not in the driver. Not a model input: changing
+    # it retrains nothing (adapt's input fingerprint leaves it out).
+    worker: PoolConf = Field(default_factory=PoolConf)
+
+    @model_validator(mode="after")
+    def _one_worker_on_its_device(self) -> AdaptConf:
+        if self.worker.num_actors != 1:
+            raise ValueError("adapt.worker.num_actors must be 1: one worker trains the adaptor")
+        on_gpu = self.device.startswith("cuda")
+        if on_gpu and not self.worker.gpus_per_actor:
+            raise ValueError(
+                f"adapt.device is {self.device!r} but adapt.worker.gpus_per_actor is 0: the "
+                "worker would see no GPU; set adapt.worker.gpus_per_actor: 1"
+            )
+        if self.worker.gpus_per_actor and not on_gpu:
+            raise ValueError(
+                f"adapt.worker.gpus_per_actor is {self.worker.gpus_per_actor:g} but adapt.device "
+                f"is {self.device!r}: the GPU would idle; set adapt.device: cuda"
+            )
+        return self
 
 
 class EvaluateConf(_Section):

@@ -15,9 +15,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import ray
@@ -28,6 +28,8 @@ from jobs.plumbing.config import PoolConf, RayConf
 from jobs.plumbing.errors import ClusterError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 # A local Ray gets this many logical CPUs beyond the cores: Ray Data's light tasks (reads,
@@ -111,6 +113,39 @@ def outputs(
             raise ClusterError(f"an actor of the pool was lost: {why}. {_RERUN}") from None
 
 
+def run_task(fn: Callable[..., T], *args: Any, pool: PoolConf, wait_s: float) -> T:
+    """`fn(*args)` in one Ray worker that reserves what `pool` names (its CPUs, GPUs and
+    custom resources: the node with the GPU, not the driver's), and its result.
+
+    A worker lost mid-task (its node reclaimed) is retried up to `pool.max_restarts`
+    times; a task no live node can host for `wait_s` seconds is a ClusterError naming the
+    resource, as for a pool (checked between waits of 2 s: no signal needed here). An
+    error raised by `fn` is raised here as itself (not wrapped in Ray's RayTaskError), so
+    the CLI's error handling sees the same exceptions as before.
+    """
+    task = ray.remote(fn).options(
+        num_cpus=pool.cpus_per_actor,
+        num_gpus=pool.gpus_per_actor or None,
+        resources=pool.resources or None,
+        max_retries=pool.max_restarts,
+    )
+    ref = task.remote(*args)
+    waiting = _Unschedulable(_Hosts(pool), wait_s)
+    try:
+        while not ray.wait([ref], timeout=2.0)[0]:
+            why = waiting.check()
+            if why is not None:
+                raise ClusterError(f"{why}. {_RERUN}")
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, Exception) and not isinstance(e.cause, ray.exceptions.RayError):
+            raise e.cause from None
+        raise
+    except BaseException:
+        ray.cancel(ref, force=True)  # not left queued (or running) behind a stopped stage
+        raise
+
+
 _RERUN = (
     "Start a node that offers it (or change the pool's resources) and rerun: what was "
     "committed stays, the rest is redone"
@@ -142,7 +177,7 @@ class _Hosts:
         dead = {n["NodeID"]: n.get("DeathReasonMessage") or "dead" for n in nodes if not n["Alive"]}
         self.lost_nodes = [f"{name}: {dead[i]}" for i, name in self.known.items() if i in dead]
         gone = f"; lost: node {', '.join(self.lost_nodes)}" if self.lost_nodes else ""
-        return f"no live Ray node offers {wanted} (what one actor needs){gone}"
+        return f"no live Ray node offers {wanted} (what one worker needs){gone}"
 
     def lost(self, wait_s: float) -> str | None:
         """`missing`, once Ray has marked the lost node dead (its health checks take seconds,
@@ -155,6 +190,21 @@ class _Hosts:
             time.sleep(1.0)
 
 
+class _Unschedulable:
+    """How long no live node has been able to host one worker of a pool."""
+
+    def __init__(self, hosts: _Hosts, wait_s: float) -> None:
+        self.hosts, self.wait_s, self.since = hosts, wait_s, None
+
+    def check(self) -> str | None:
+        """Why the pool cannot run, once that has held for `wait_s`; None before."""
+        why = self.hosts.missing()
+        self.since = None if why is None else self.since or time.monotonic()
+        if self.since is None or time.monotonic() - self.since < self.wait_s:
+            return None
+        return f"{why}; waited {self.wait_s:g} s (ray.unschedulable_wait_s)"
+
+
 @contextmanager
 def _unschedulable_watch(hosts: _Hosts, wait_s: float) -> Iterator[None]:
     """Raise ClusterError in this (the main) thread once the pool has been unschedulable
@@ -165,13 +215,13 @@ def _unschedulable_watch(hosts: _Hosts, wait_s: float) -> Iterator[None]:
         return
     stop, reason = threading.Event(), []
 
+    waiting = _Unschedulable(hosts, wait_s)
+
     def watch() -> None:
-        since = None
         while not stop.wait(2.0):
-            why = hosts.missing()
-            since = None if why is None else since or time.monotonic()
-            if since is not None and time.monotonic() - since >= wait_s:
-                reason.append(f"{why}; waited {wait_s:g} s (ray.unschedulable_wait_s)")
+            why = waiting.check()
+            if why is not None:
+                reason.append(why)
                 os.kill(os.getpid(), signal.SIGUSR1)
                 return
 

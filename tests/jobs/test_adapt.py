@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -15,7 +17,7 @@ from table_writes import write_live_vectors
 from adapters.data import EntityMatrix
 from adapters.moe import HybridExpertAdaptor
 from jobs import adapt, forget, maintain
-from jobs.adapting import training, vector_export
+from jobs.adapting import trainer, training, vector_export
 from jobs.plumbing import schemas, tables
 from jobs.plumbing.errors import MissingTableError
 from jobs.rules import ctr, knowledge, vectors
@@ -101,7 +103,7 @@ def write_inputs(conf, genres: dict | None = None) -> dict[tuple[str, str], np.n
     return emb
 
 
-def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config):
+def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config, ray_local):
     conf = make_config("adapt.epochs=3")
     current = write_inputs(conf)
     path = conf.table_path("vectors")
@@ -138,7 +140,21 @@ def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config):
         stored = torch.tensor([r["vector"] for r in mine])
         torch.testing.assert_close(stored, expected, rtol=1e-5, atol=1e-6)
 
-    second = adapt.run(conf, "run-2")
+    # Trained in a Ray worker as it was in the driver: the same seed gives the same AUCs
+    # and the same adaptor (the worker runs as many torch threads as this process).
+    versions, total = adapt._versions(conf)
+    here = conf.output("models", "in-process.pt")
+    meta = {"input_fingerprint": "x", "version_id": "run-1"}
+    outcome = trainer.train_and_gate(conf, versions, total, None, here, meta)
+    assert outcome.metrics == {
+        k: getattr(first, k) for k in ("auc_without", "auc_with", "logloss_without", "logloss_with")
+    }
+    for name, weights in trainer.load_adaptor(here).state_dict().items():
+        torch.testing.assert_close(weights, adaptor.state_dict()[name], rtol=0, atol=0)
+
+    # Where training runs is no input: another worker shape retrains nothing.
+    elsewhere = make_config("adapt.epochs=3", "adapt.worker.cpus_per_actor=1")
+    second = adapt.run(elsewhere, "run-2")
     assert second.skipped and second.vectors_written == 0
     assert second.vectors_version == tables.version(path) == 0
     assert (second.auc_without, second.auc_with, second.logloss_with) == (
@@ -163,6 +179,17 @@ def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config):
     assert set(tables.read(path, schemas.VECTORS).column("version_id").to_pylist()) == {"run-3"}
 
 
+def test_the_adapt_driver_never_imports_torch():
+    """Training and the export's adaptor live in Ray workers: on a cluster the driver is a
+    CPU node that needs no torch (nor its ~450 MB)."""
+    code = (
+        "import sys, jobs.cli, jobs.adapt, jobs.adapting.vector_export; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'adapters')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['adapters', 'adapters.config']", done.stdout
+
+
 def test_adapt_names_the_missing_stage(make_config):
     conf = make_config()
     with pytest.raises(MissingTableError, match="kar prepare"):
@@ -176,7 +203,7 @@ def test_adapt_names_the_missing_stage(make_config):
     assert tables.version(conf.table_path("vectors")) is None
 
 
-def test_gate_keeps_a_better_live_version_and_remembers_why(make_config):
+def test_gate_keeps_a_better_live_version_and_remembers_why(make_config, ray_local):
     conf = make_config("adapt.epochs=8", "adapt.gate.tolerance=0.01")
     genres: dict = {}
     current = write_inputs(conf, genres)
@@ -272,8 +299,12 @@ def test_no_training_sample_is_inside_its_users_prompt(make_config, spark, ml100
         prepare.run(conf, f"week{week}", spark)
         by_fingerprint |= answer_everything(conf, T0 + timedelta(days=7 * week))
         seen.clear()
-        adapt.run(conf, f"week{week}")
-        samples, users = seen[0]  # the co-training data (later calls: the publish gate)
+        # The worker's training, in this process so the spy sees what it trains on.
+        versions, total = adapt._versions(conf)
+        trainer.train_and_gate(
+            conf, versions, total, None, adapt.adaptor_checkpoint(conf, f"week{week}"), {}
+        )
+        samples, users = seen[0]  # the co-training data
         chosen = {}
         emb = tables.read(conf.table_path("embeddings"), schemas.EMBEDDINGS)
         vec_to_fp = {tuple(e["embedding"]): e["fingerprint"] for e in emb.to_pylist()}
@@ -292,7 +323,7 @@ def test_no_training_sample_is_inside_its_users_prompt(make_config, spark, ml100
         assert checked > 100
 
 
-def test_adapt_trains_on_a_bounded_seeded_sample_and_records_it(make_config):
+def test_adapt_trains_on_a_bounded_seeded_sample_and_records_it(make_config, ray_local):
     conf = make_config("adapt.epochs=1", "adapt.max_train_rows=150")
     write_inputs(conf)
     path, samples_path = conf.table_path("vectors"), conf.table_path("samples")
@@ -346,13 +377,11 @@ def test_distributed_export_writes_the_same_vectors_as_the_arrow_path(make_confi
     adapt.run(conf, "run-1")  # small tables: the Arrow path
     arrow_rows = tables.read(path, schemas.VECTORS)
 
-    adaptor = HybridExpertAdaptor.load(
-        io.BytesIO(adapt.adaptor_checkpoint(conf, "run-1").read_bytes())
-    )
     versions, _ = adapt._versions(conf)
     input_fp = arrow_rows.column("input_fingerprint")[0].as_py()
     forced = make_config("adapt.epochs=1", "ray.local_rows=0")
-    parts = vector_export.export_vectors(forced, adaptor, versions, "run-1", input_fp)
+    checkpoint = adapt.adaptor_checkpoint(conf, "run-1")
+    parts = vector_export.export_vectors(forced, checkpoint, versions, "run-1", input_fp)
     assert sum(p["rows"] for p in parts) == arrow_rows.num_rows
     ray_rows = pa.concat_tables(pq.read_table((path / p["file"]).uri) for p in parts)
 

@@ -1,5 +1,6 @@
 """jobs/plumbing/ray_data.py on a real local Ray: commit loops see each block when it is done;
-a pool no live node can host is named with its resource and the lost node."""
+a pool (or a task) no live node can host is named with its resource and the lost node; a
+task's own error reaches the driver as itself."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from jobs.plumbing import ray_data
 from jobs.plumbing.config import GenerateConf, PoolConf
-from jobs.plumbing.ray_data import actor_pool, blocks, outputs
+from jobs.plumbing.errors import ClusterError, InputError
+from jobs.plumbing.ray_data import actor_pool, blocks, outputs, run_task
 
 # How long the second call waits for the driver's sign that the first block arrived; on
 # failure the test costs this, on success only as long as the driver takes to get it.
@@ -71,3 +73,25 @@ def test_a_pool_no_live_node_can_host_names_the_resource_and_the_lost_node(monke
     why = hosts.missing()
     assert why is not None and "offers CPU=1, gpu_pool=1" in why
     assert "lost: node bbbbbbbbbbbb (10.0.0.2): missed heartbeats" in why
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_task_returns_its_value_and_raises_its_own_error() -> None:
+    def answer_or_refuse(value: int) -> int:  # local: Ray pickles it by value
+        if value < 0:
+            raise InputError(f"value {value} is negative; pass a count")
+        return value * 2
+
+    pool = PoolConf(cpus_per_actor=1)
+    assert run_task(answer_or_refuse, 21, pool=pool, wait_s=60) == 42
+    # The CLI sees the task's InputError itself (exit 2 with its message), not Ray's wrapper.
+    with pytest.raises(InputError, match=r"^value -1 is negative; pass a count$") as raised:
+        run_task(answer_or_refuse, -1, pool=pool, wait_s=60)
+    assert type(raised.value) is InputError
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_task_no_live_node_can_host_stops_with_the_resource_named() -> None:
+    pool = PoolConf(cpus_per_actor=1, resources={"kar_test_gpu_node": 1})
+    with pytest.raises(ClusterError, match=r"offers CPU=1, kar_test_gpu_node=1 .*waited 1 s"):
+        run_task(lambda: 1, pool=pool, wait_s=1)
