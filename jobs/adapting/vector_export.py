@@ -74,16 +74,26 @@ class VectorWriter:
         return pa.Table.from_pylist([part], schema=EXPORTED)
 
 
+_SEP = "\x1f"
+
+
+def _with_group(batch: pa.Table) -> pa.Table:
+    """`batch` plus `_group`: its knowledge key (kind, entity_id, fingerprint) as one string."""
+    # As string: a Ray Data join hands its output on as large_string.
+    keys = (pc.cast(batch.column(k), pa.string()) for k in knowledge.KEYS)
+    group = pc.binary_join_element_wise(*keys, _SEP)
+    return batch.append_column("_group", group)
+
+
 def _embedding_order(batch: pa.Table) -> pa.Table:
-    """`batch` (EMBEDDINGS) plus `_group` (its knowledge key) and `_order` (encoded_at, then
-    encoder_model, as one sortable string): the newest embedding of a key has the max."""
+    """`batch` (EMBEDDINGS columns) plus `_group` (its knowledge key) and `_order`
+    (encoded_at, then encoder_model, as one sortable string): the newest embedding of a key
+    has the max."""
     micros = pc.cast(pc.cast(batch.column("encoded_at"), pa.timestamp("us", "UTC")), pa.int64())
     when = pc.utf8_lpad(pc.cast(micros, pa.string()), 20, "0")
-    sep = "\x1f"
-    group = pc.binary_join_element_wise(*(batch.column(k) for k in knowledge.KEYS), sep)
-    batch = batch.append_column("_group", group)
+    batch = _with_group(batch)
     return batch.append_column(
-        "_order", pc.binary_join_element_wise(when, batch.column("encoder_model"), sep)
+        "_order", pc.binary_join_element_wise(when, batch.column("encoder_model"), _SEP)
     )
 
 
@@ -91,22 +101,33 @@ def export_stream(conf: Config, embeddings_version: int | None) -> ray.data.Data
     """Every entity's current usable knowledge (kind, entity_id, fingerprint, model_id)
     left-joined with the newest embedding of exactly that answer (encoder_model, dim,
     embedding; null where there is none), as a Ray Dataset workers shuffle: the export's
-    input at any scale."""
+    input at any scale.
+
+    The keys are matched first, without the vectors (which embedding is the newest of
+    each answer, and which answers are current), so the embeddings with their vectors go
+    through one shuffle, not two.
+    """
     from ray.data.aggregate import Max
 
-    columns = [*knowledge.KEYS, "model_id"]
-    current = knowledge.current_stream(conf.table_path("knowledge"), ["model_id"])
-    current = current.select_columns(columns)
-    embs = tables.dataset(conf.table_path("embeddings"), schemas.EMBEDDINGS, embeddings_version)
-    embs = embs.map_batches(_embedding_order, batch_format="pyarrow")
+    emb_path = conf.table_path("embeddings")
+    order_columns = [*knowledge.KEYS, "encoder_model", "encoded_at"]
     newest = (
-        embs.select_columns(["_group", "_order"])
+        tables.dataset(emb_path, schemas.EMBEDDINGS, embeddings_version, order_columns)
+        .map_batches(_embedding_order, batch_format="pyarrow")
+        .select_columns(["_group", "_order"])
         .groupby("_group")
         .aggregate(Max("_order", alias_name="_order"))
     )
-    embs = embs.join(newest, "inner", knowledge.partitions(), on=("_group", "_order"))
-    embs = embs.select_columns([*knowledge.KEYS, "encoder_model", "dim", "embedding"])
-    return current.join(embs, "left_outer", knowledge.partitions(), on=tuple(knowledge.KEYS))
+    current = knowledge.current_stream(conf.table_path("knowledge"), ["model_id"])
+    current = current.select_columns([*knowledge.KEYS, "model_id"])
+    current = current.map_batches(_with_group, batch_format="pyarrow")
+    wanted = current.join(newest, "left_outer", knowledge.partitions(), on=("_group",))
+    embs = tables.dataset(emb_path, schemas.EMBEDDINGS, embeddings_version)
+    embs = embs.map_batches(_embedding_order, batch_format="pyarrow").select_columns(
+        ["_group", "_order", "encoder_model", "dim", "embedding"]
+    )
+    joined = wanted.join(embs, "left_outer", knowledge.partitions(), on=("_group", "_order"))
+    return joined.drop_columns(["_group", "_order"])
 
 
 def export_vectors(
