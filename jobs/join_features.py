@@ -28,7 +28,6 @@ from datetime import datetime
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -82,8 +81,7 @@ def read_samples(spark: SparkSession, conf: Config, uri: str | None) -> DataFram
     table = tables.open_table(where)
     if table is not None:
         return read_delta(spark, where, pa.schema(table.schema().to_arrow()))
-    fs, path = where.filesystem()
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    if not where.exists():
         raise DataError(f"--samples {uri} does not exist")
     return read_parquet(spark, where)
 
@@ -133,13 +131,12 @@ def _swap_in(staging: Location, out: Location) -> None:
     new, never half."""
     fs, new = staging.filesystem()
     _, target = out.filesystem()
-    old = f"{target}.old-{uuid.uuid4().hex[:8]}"
-    if fs.get_file_info(target).type != pafs.FileType.NotFound:
+    old = f"{target}.old-{uuid.uuid4().hex[:8]}" if out.exists() else None
+    if old:
         fs.move(target, old)
-        fs.move(new, target)
+    fs.move(new, target)
+    if old:
         fs.delete_dir(old)
-    else:
-        fs.move(new, target)
 
 
 def write(df: DataFrame, out: Location, fmt: OutputFormat, snapshot: Snapshot) -> pa.Schema:
@@ -159,14 +156,13 @@ def write(df: DataFrame, out: Location, fmt: OutputFormat, snapshot: Snapshot) -
         )
         return schema
     staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    fs, path = staging.filesystem()
     try:
-        fs, path = staging.filesystem()
         fs.create_dir(path, recursive=True)  # an empty result is an empty folder
         write_parts(df, staging, schema)
         _swap_in(staging, out)
     finally:
-        fs, path = staging.filesystem()
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        if staging.exists():
             fs.delete_dir(path)
     return schema
 

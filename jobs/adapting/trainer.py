@@ -65,11 +65,11 @@ def train_and_gate(
 
 
 def load_adaptor(checkpoint: Location) -> HybridExpertAdaptor:
-    """The adaptor saved at `checkpoint`, in eval mode (the export's workers)."""
+    """The adaptor saved at `checkpoint` (in eval mode, as `load` gives it)."""
     data = checkpoint.read_bytes()
     if data is None:
         raise FileNotFoundError(f"no adaptor checkpoint at {checkpoint}")
-    return HybridExpertAdaptor.load(io.BytesIO(data)).eval()
+    return HybridExpertAdaptor.load(io.BytesIO(data))
 
 
 @dataclass(frozen=True)

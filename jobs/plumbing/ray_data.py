@@ -214,7 +214,6 @@ def _unschedulable_watch(hosts: _Hosts, wait_s: float) -> Iterator[None]:
         yield
         return
     stop, reason = threading.Event(), []
-
     waiting = _Unschedulable(hosts, wait_s)
 
     def watch() -> None:

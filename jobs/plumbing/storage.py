@@ -131,6 +131,11 @@ class Location:
         if temp != path:
             fs.move(temp, path)
 
+    def exists(self) -> bool:
+        """Whether a file or folder is here."""
+        fs, path = self.filesystem()
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
     def read_bytes(self) -> bytes | None:
         """The file's bytes, or None if there is none."""
         fs, path = self.filesystem()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -129,9 +128,7 @@ def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config, ra
     # The stored vectors are exactly the saved adaptor's towers applied to the texts.
     checkpoint = tables.commit_metadata(path, "adaptor_checkpoint")
     assert checkpoint == str(adapt.adaptor_checkpoint(conf, "run-1"))
-    adaptor = HybridExpertAdaptor.load(
-        io.BytesIO(adapt.adaptor_checkpoint(conf, "run-1").read_bytes())
-    )
+    adaptor = load_adaptor(conf, "run-1")
     for kind in ("user", "item"):
         mine = [r for r in rows if r["kind"] == kind]
         x = torch.from_numpy(np.stack([current[(kind, r["entity_id"])] for r in mine]))
@@ -146,9 +143,7 @@ def test_adapt_publishes_vectors_once_and_skips_unchanged_inputs(make_config, ra
     here = conf.output("models", "in-process.pt")
     meta = {"input_fingerprint": "x", "version_id": "run-1"}
     outcome = trainer.train_and_gate(conf, versions, total, None, here, meta)
-    assert outcome.metrics == {
-        k: getattr(first, k) for k in ("auc_without", "auc_with", "logloss_without", "logloss_with")
-    }
+    assert outcome.metrics == {k: getattr(first, k) for k in adapt.METRICS}
     for name, weights in trainer.load_adaptor(here).state_dict().items():
         torch.testing.assert_close(weights, adaptor.state_dict()[name], rtol=0, atol=0)
 
@@ -401,4 +396,4 @@ def test_distributed_export_writes_the_same_vectors_as_the_arrow_path(make_confi
 
 def load_adaptor(conf, run_id: str) -> HybridExpertAdaptor:
     """The adaptor `adapt` saved for vectors version `run_id` (read from its location)."""
-    return HybridExpertAdaptor.load(io.BytesIO(adapt.adaptor_checkpoint(conf, run_id).read_bytes()))
+    return trainer.load_adaptor(adapt.adaptor_checkpoint(conf, run_id))
